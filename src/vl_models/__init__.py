@@ -1,0 +1,65 @@
+"""vl_models: vision-language pre-training methods as Hugging Face models.
+
+Importing the package registers every method with transformers' Auto classes, so
+`AutoModelForPreTraining.from_pretrained("org/vlmae-base")` works after `import vl_models`.
+"""
+
+from . import models  # noqa: F401  (registers the methods)
+from .configuration_utils import AlignFuseConfig, TextTowerConfig, VisionTowerConfig
+from .models.albef import (
+    AlbefConfig,
+    AlbefForImagesAndTextClassification,
+    AlbefForImageTextRetrieval,
+    AlbefForPreTraining,
+    AlbefForQuestionAnswering,
+    AlbefForVisualGrounding,
+    AlbefModel,
+    AlbefProcessor,
+)
+from .models.vlmae import (
+    VlmaeConfig,
+    VlmaeForImagesAndTextClassification,
+    VlmaeForImageTextRetrieval,
+    VlmaeForPreTraining,
+    VlmaeForQuestionAnswering,
+    VlmaeForVisualGrounding,
+    VlmaeModel,
+    VlmaeProcessor,
+)
+from .presets import SIZES
+from .processing import VlImageProcessor, VlProcessor, default_tokenizer, load_tokenizer, train_tokenizer
+from .registry import build_processor, get_config, get_method, list_methods
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SIZES",
+    "AlbefConfig",
+    "AlbefForImagesAndTextClassification",
+    "AlbefForImageTextRetrieval",
+    "AlbefForPreTraining",
+    "AlbefForQuestionAnswering",
+    "AlbefForVisualGrounding",
+    "AlbefModel",
+    "AlbefProcessor",
+    "AlignFuseConfig",
+    "TextTowerConfig",
+    "VisionTowerConfig",
+    "VlImageProcessor",
+    "VlProcessor",
+    "VlmaeConfig",
+    "VlmaeForImagesAndTextClassification",
+    "VlmaeForImageTextRetrieval",
+    "VlmaeForPreTraining",
+    "VlmaeForQuestionAnswering",
+    "VlmaeForVisualGrounding",
+    "VlmaeModel",
+    "VlmaeProcessor",
+    "build_processor",
+    "default_tokenizer",
+    "get_config",
+    "get_method",
+    "list_methods",
+    "load_tokenizer",
+    "train_tokenizer",
+]

@@ -1,0 +1,138 @@
+"""Config pieces shared by the methods: the two towers and the align-before-fuse family.
+
+Configs are transformers 5 typed dataclasses. Invalid values fail when the config is built
+(`validate_*` methods run by `@strict`), never later inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .utils import check_range
+
+
+def _check_heads(name: str, hidden_size: int, num_heads: int) -> None:
+    if num_heads < 1 or hidden_size % num_heads != 0:
+        raise ValueError(
+            f"`{name}.hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_heads})"
+        )
+
+
+@strict
+class VisionTowerConfig(PreTrainedConfig):
+    """A ViT image encoder (pre-LayerNorm, as in ViT/DeiT, so transformers ViT checkpoints load exactly)."""
+
+    model_type = "vl_vision"
+    base_config_key = "vision_config"
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth, linearly increasing with depth
+    qkv_bias: bool = True
+    use_mask_token: bool = False  # a learned [MASK] patch embedding (BEiT-style masked image modeling)
+    initializer_range: float = 0.02
+
+    def validate_architecture(self):
+        _check_heads("vision_config", self.hidden_size, self.num_attention_heads)
+        if self.patch_size < 1 or self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"`vision_config.image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})"
+            )
+        check_range("vision_config.drop_path_rate", self.drop_path_rate, 0.0, 1.0)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@strict
+class TextTowerConfig(PreTrainedConfig):
+    """A BERT-style text encoder (post-LayerNorm, so BERT checkpoints load exactly).
+
+    The first `num_hidden_layers` layers read text only; the next `num_fusion_layers` add cross-attention
+    to the image (ALBEF splits BERT-base 6 + 6).
+    """
+
+    model_type = "vl_text"
+    base_config_key = "text_config"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 6
+    num_fusion_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    # special token ids, so the model can mask text itself (defaults: BERT's uncased vocabulary)
+    pad_token_id: int | None = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+    initializer_range: float = 0.02
+
+    def validate_architecture(self):
+        _check_heads("text_config", self.hidden_size, self.num_attention_heads)
+        if self.vocab_size < 5:
+            raise ValueError(f"`text_config.vocab_size` must be at least 5 (the special tokens), got {self.vocab_size}")
+        for name in ("cls_token_id", "sep_token_id", "mask_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(
+                    f"`text_config.{name}` must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}"
+                )
+
+    @property
+    def special_token_ids(self) -> list[int]:
+        ids = [self.cls_token_id, self.sep_token_id, self.mask_token_id]
+        return ids + ([self.pad_token_id] if self.pad_token_id is not None else [])
+
+
+@strict
+class AlignFuseConfig(PreTrainedConfig):
+    """Shared fields of the align-before-fuse family (ALBEF, VLMAE, VQ-MIM): ViT + BERT + cross-attention fusion.
+
+    Defaults follow ALBEF's `Pretrain.yaml` (embed_dim 256, temperature 0.07, queue 65536, momentum 0.995,
+    alpha 0.4, MLM probability 0.15, equal loss weights).
+    """
+
+    sub_configs_defaults = {"vision_config": VisionTowerConfig, "text_config": TextTowerConfig}
+
+    vision_config: dict | VisionTowerConfig | None = None
+    text_config: dict | TextTowerConfig | None = None
+    embed_dim: int = 256  # ITC projection size
+    temperature: float = 0.07  # learnable, clamped to [0.001, 0.5] at every forward
+    queue_size: int = 65536  # momentum feature queue for ITC; 0 disables queues (in-batch negatives only)
+    momentum: float = 0.995  # EMA of the momentum (teacher) encoders
+    alpha: float = 0.4  # weight of momentum-distilled soft targets (ITC and MLM); the trainer may ramp it
+    mlm_probability: float = 0.15
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    initializer_range: float = 0.02
+
+    def validate_objectives(self):
+        check_range("temperature", self.temperature, 0.001, 0.5, high_inclusive=True)
+        check_range("momentum", self.momentum, 0.0, 1.0, high_inclusive=True)
+        check_range("alpha", self.alpha, 0.0, 1.0, high_inclusive=True)
+        check_range("mlm_probability", self.mlm_probability, 0.0, 1.0, high_inclusive=True)
+        if self.queue_size < 0:
+            raise ValueError(f"`queue_size` must be >= 0, got {self.queue_size}")
+        if self.embed_dim < 1:
+            raise ValueError(f"`embed_dim` must be >= 1, got {self.embed_dim}")
+        for name in ("itc_weight", "itm_weight", "mlm_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")

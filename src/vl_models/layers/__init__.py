@@ -1,0 +1,1 @@
+"""Shared building blocks. Nothing here knows about a particular method; `models/` imports from here."""

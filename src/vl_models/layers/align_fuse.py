@@ -1,0 +1,313 @@
+"""The align-before-fuse family (ALBEF and the methods built on it: VLMAE, VQ-MIM).
+
+Two mixins, combined with a method's `XPreTrainedModel`:
+- `AlignFuseModelMixin` -> `XModel`: ViT, BERT-style text encoder, cross-attention fusion, ITC projections.
+- `AlignFusePreTrainingMixin` -> `XForPreTraining`: ITC with momentum distillation and feature queues, ITM with
+  similarity-sampled hard negatives, MLM with momentum distillation (Li et al. 2021). A method that changes what
+  the student image encoder sees (VLMAE: visible patches only) passes its own `image_embeds` to
+  `align_fuse_losses`; the momentum teacher always encodes the full image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from ..utils import check_same_batch, check_tensor
+from .heads import MlmHead
+from .losses import (
+    gather_no_grad,
+    itc_loss_with_targets,
+    masked_cross_entropy,
+    select_masked,
+    soft_cross_entropy,
+)
+from .masking import mask_text
+from .momentum import FeatureQueue, freeze, momentum_update
+from .outputs import VlModelOutput, VlPreTrainingOutput
+from .towers import FusionTransformer, TextTransformer, VisionTransformer
+
+
+class FromTowersMixin:
+    """`from_pretrained_towers`: start from a BERT-style text checkpoint and/or a transformers ViT checkpoint."""
+
+    @classmethod
+    def from_pretrained_towers(cls, text: str | None = None, vision: str | None = None, *,
+                               num_fusion_layers: int | None = None, **config_kwargs):
+        """Build the model with its text tower from `text` (path or Hub id of any BERT-style model) and its image
+        tower from `vision` (any transformers ViT). Tower shapes come from the checkpoints; other config fields
+        from `config_kwargs`. The lower half of the text checkpoint's layers (or all but `num_fusion_layers`)
+        becomes the text encoder, the rest the fusion encoder, whose cross-attention starts from scratch."""
+        from transformers import AutoTokenizer
+
+        from ..presets import merge
+        from .pretrained_towers import (
+            bert_to_towers,
+            load_pretrained,
+            load_tower_weights,
+            text_tower_config,
+            vision_tower_config,
+            vit_to_tower,
+        )
+
+        kwargs = dict(config_kwargs)
+        text_model = load_pretrained(text) if text else None
+        vision_model = load_pretrained(vision) if vision else None
+        if text_model is not None:
+            tower = text_tower_config(text_model.config, num_fusion_layers)
+            try:  # the checkpoint's own tokenizer decides the special token ids
+                tok = AutoTokenizer.from_pretrained(text)
+                tower.update(cls_token_id=tok.cls_token_id, sep_token_id=tok.sep_token_id,
+                             mask_token_id=tok.mask_token_id, pad_token_id=tok.pad_token_id)
+            except (OSError, ValueError):
+                pass
+            kwargs["text_config"] = merge(tower, kwargs.get("text_config") or {})
+        if vision_model is not None:
+            kwargs["vision_config"] = merge(vision_tower_config(vision_model.config), kwargs.get("vision_config") or {})
+        model = cls(cls.config_class(**kwargs))
+        if text_model is not None:
+            weights = bert_to_towers(text_model.state_dict(), model.config.text_config.num_hidden_layers)
+            load_tower_weights(model.base_model, weights, text)
+        if vision_model is not None:
+            load_tower_weights(model.base_model, vit_to_tower(vision_model.state_dict()), vision)
+        if hasattr(model, "reset_momentum"):
+            model.reset_momentum()
+        return model
+
+
+class AlignFuseModelMixin(FromTowersMixin):
+    """Encoders + fusion; returns embeddings (`VlModelOutput`)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        vision, text = config.vision_config, config.text_config
+        self.vision = VisionTransformer(vision)
+        self.text = TextTransformer(text)
+        self.fusion = FusionTransformer(text, image_dim=vision.hidden_size)
+        self.vision_proj = nn.Linear(vision.hidden_size, config.embed_dim)
+        self.text_proj = nn.Linear(text.hidden_size, config.embed_dim)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text.embeddings.word_embeddings
+
+    def encode_image(self, pixel_values, *, ids_keep=None, bool_masked_pos=None, interpolate_pos_encoding=False):
+        return self.vision(pixel_values, ids_keep=ids_keep, bool_masked_pos=bool_masked_pos,
+                           interpolate_pos_encoding=interpolate_pos_encoding)  # [B, 1 + n, Dv]
+
+    def encode_text(self, input_ids, attention_mask=None):
+        return self.text(input_ids, attention_mask)  # [B, T, Dt]
+
+    def fuse(self, image_embeds, text_embeds, attention_mask=None):
+        return self.fusion(text_embeds, attention_mask, image_embeds)  # [B, T, Dt]; [:, 0] is the pair's [CLS]
+
+    def image_feat(self, image_embeds):
+        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)  # [B, E]
+
+    def text_feat(self, text_embeds):
+        return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)  # [B, E]
+
+    def get_image_features(self, pixel_values, interpolate_pos_encoding=False):
+        return self.image_feat(self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        return self.text_feat(self.encode_text(input_ids, attention_mask))
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, interpolate_pos_encoding=False,
+                **kwargs) -> VlModelOutput:
+        if pixel_values is None and input_ids is None:
+            raise ValueError("pass `pixel_values`, `input_ids`, or both; got neither")
+        if pixel_values is not None and input_ids is not None:
+            check_same_batch(pixel_values=pixel_values, input_ids=input_ids)
+        out = VlModelOutput()
+        if pixel_values is not None:
+            out.image_embeds = self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+            out.image_feat = self.image_feat(out.image_embeds)
+        if input_ids is not None:
+            out.text_embeds = self.encode_text(input_ids, attention_mask)
+            out.text_feat = self.text_feat(out.text_embeds)
+        if pixel_values is not None and input_ids is not None:
+            out.multimodal_embeds = self.fuse(out.image_embeds, out.text_embeds, attention_mask)
+        return out
+
+
+class AlignFusePreTrainingMixin(FromTowersMixin):
+    """ALBEF's three objectives on top of an align-fuse `XModel` (`_backbone_class`)."""
+
+    _backbone_class: type
+
+    def __init__(self, config):
+        super().__init__(config)
+        text = config.text_config
+        setattr(self, self.base_model_prefix, self._backbone_class(config))
+        self.itm_head = nn.Linear(text.hidden_size, 2)
+        self.mlm_head = MlmHead(text.hidden_size, text.vocab_size, text.hidden_act, text.layer_norm_eps)
+        self.temp = nn.Parameter(torch.tensor(float(config.temperature)))
+        # the momentum teacher: an EMA copy of the backbone and MLM head, never trained by gradients
+        self.momentum_model = freeze(self._backbone_class(config))
+        self.momentum_mlm_head = freeze(MlmHead(text.hidden_size, text.vocab_size, text.hidden_act,
+                                                text.layer_norm_eps))
+        if config.queue_size > 0:
+            self.image_queue = FeatureQueue(config.embed_dim, config.queue_size)
+            self.text_queue = FeatureQueue(config.embed_dim, config.queue_size)
+        self._build_method_heads(config)
+        self.post_init()
+
+    def _build_method_heads(self, config):
+        """Hook: a method adds its own pre-training modules here (before `post_init` initialises them)."""
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.base_model, self.momentum_model), (self.mlm_head, self.momentum_mlm_head)]
+
+    @torch.no_grad()
+    def _init_method_parameters(self):
+        init.constant_(self.temp, self.config.temperature)
+        for student, teacher in self.momentum_pairs():
+            for s, t in zip(student.parameters(), teacher.parameters()):
+                init.copy_(t, s)
+
+    @torch.no_grad()
+    def reset_momentum(self):
+        """Copy the student into the teacher (after loading pretrained towers into the student)."""
+        for student, teacher in self.momentum_pairs():
+            teacher.load_state_dict(student.state_dict())
+
+    # -- inputs -----------------------------------------------------------------------------------------------
+
+    def _check_pretraining_inputs(self, pixel_values, input_ids, attention_mask):
+        if pixel_values is None:
+            raise ValueError("`pixel_values` is required for pre-training, got None")
+        if input_ids is None:
+            raise ValueError("`input_ids` is required for pre-training, got None")
+        check_tensor("pixel_values", pixel_values, ndim=4, dtype="float")
+        check_tensor("input_ids", input_ids, ndim=2, dtype="int")
+        batch = check_same_batch(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        if batch < 2 and self.config.itm_weight > 0:
+            raise ValueError(
+                f"pre-training needs a batch of at least 2 pairs (ITM samples negatives in the batch), got {batch}"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return attention_mask
+
+    def _mask_text(self, input_ids, attention_mask, mlm_input_ids, mlm_labels, generator):
+        if (mlm_input_ids is None) != (mlm_labels is None):
+            raise ValueError("pass both `mlm_input_ids` and `mlm_labels` (from a collator) or neither")
+        if mlm_input_ids is not None:
+            check_same_batch(input_ids=input_ids, mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels)
+            return mlm_input_ids, mlm_labels
+        text = self.config.text_config
+        return mask_text(input_ids, mask_token_id=text.mask_token_id, vocab_size=text.vocab_size,
+                         special_token_ids=text.special_token_ids, attention_mask=attention_mask,
+                         probability=self.config.mlm_probability, generator=generator)
+
+    # -- objectives -------------------------------------------------------------------------------------------
+
+    def align_fuse_losses(self, *, image_embeds, pixel_values, input_ids, attention_mask, mlm_input_ids=None,
+                          mlm_labels=None, alpha=None, generator=None, interpolate_pos_encoding=False):
+        """ITC + ITM + MLM given the student's `image_embeds` [B, 1 + n, D] (n may be a visible subset).
+
+        Returns (losses dict, extras dict with the teacher's full-image `image_embeds_m` and `text_embeds`).
+        """
+        model, teacher, cfg = self.base_model, self.momentum_model, self.config
+        alpha = cfg.alpha if alpha is None else alpha
+        mlm_input_ids, mlm_labels = self._mask_text(input_ids, attention_mask, mlm_input_ids, mlm_labels, generator)
+        with torch.no_grad():
+            self.temp.clamp_(0.001, 0.5)
+        text_embeds = model.encode_text(input_ids, attention_mask)
+        image_feat, text_feat = model.image_feat(image_embeds), model.text_feat(text_embeds)
+
+        with torch.no_grad():
+            if self.training:
+                momentum_update(self.momentum_pairs(), cfg.momentum)
+            image_embeds_m = teacher.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+            image_feat_m = gather_no_grad(teacher.image_feat(image_embeds_m))  # [B_global, E]
+            text_feat_m = gather_no_grad(teacher.text_feat(teacher.encode_text(input_ids, attention_mask)))
+            image_keys, text_keys = image_feat_m, text_feat_m
+            if cfg.queue_size > 0:
+                image_keys = torch.cat([image_feat_m, self.image_queue.features.clone()], dim=0)
+                text_keys = torch.cat([text_feat_m, self.text_queue.features.clone()], dim=0)
+            # this rank's pairs sit at rows offset .. offset + B of the gathered features
+            batch = image_feat.shape[0]
+            offset = _rank_offset(batch)
+            hard = torch.zeros(batch, image_keys.shape[0], device=image_feat.device)
+            hard[torch.arange(batch), offset + torch.arange(batch)] = 1.0
+            local = slice(offset, offset + batch)
+            sim_i2t_m = image_feat_m[local] @ text_keys.t() / self.temp
+            sim_t2i_m = text_feat_m[local] @ image_keys.t() / self.temp
+            targets_i2t = alpha * sim_i2t_m.softmax(-1) + (1 - alpha) * hard
+            targets_t2i = alpha * sim_t2i_m.softmax(-1) + (1 - alpha) * hard
+
+        sim_i2t = image_feat @ text_keys.t() / self.temp  # [B, B_global + Q]
+        sim_t2i = text_feat @ image_keys.t() / self.temp
+        loss_itc = itc_loss_with_targets(sim_i2t, sim_t2i, targets_i2t, targets_t2i)
+        if self.training and cfg.queue_size > 0:
+            self.image_queue.enqueue(image_feat_m[local])  # the queue gathers from every rank itself
+            self.text_queue.enqueue(text_feat_m[local])
+
+        loss_itm, itm_logits, itm_accuracy = self._itm(image_embeds, text_embeds, attention_mask,
+                                                       sim_i2t[:, local], sim_t2i[:, local], generator)
+
+        # MLM on the masked caption fused with the (student) image, distilled from the teacher
+        fused = model.fuse(image_embeds, model.encode_text(mlm_input_ids, attention_mask), attention_mask)
+        hidden, labels = select_masked(fused, mlm_labels)  # [M, D], [M]
+        mlm_logits = self.mlm_head(hidden)  # [M, V]: only masked positions reach the vocabulary
+        loss_mlm = masked_cross_entropy(mlm_logits, labels)
+        if alpha > 0 and labels.numel():
+            with torch.no_grad():
+                fused_m = teacher.fuse(image_embeds_m, teacher.encode_text(mlm_input_ids, attention_mask),
+                                       attention_mask)
+                soft = self.momentum_mlm_head(select_masked(fused_m, mlm_labels)[0]).softmax(-1)
+            loss_mlm = (1 - alpha) * loss_mlm + alpha * soft_cross_entropy(mlm_logits, soft)
+
+        losses = {"loss_itc": loss_itc, "loss_itm": loss_itm, "loss_mlm": loss_mlm}
+        extras = {"image_embeds_m": image_embeds_m, "text_embeds": text_embeds, "itm_logits": itm_logits,
+                  "itm_accuracy": itm_accuracy, "mlm_logits": mlm_logits}
+        return losses, extras
+
+    def pretraining_output(self, losses: dict, extras: dict, **fields) -> VlPreTrainingOutput:
+        """`loss` = sum of each `loss_<name>` times `config.<name>_weight`."""
+        total = sum(getattr(self.config, f"{name[len('loss_'):]}_weight") * value for name, value in losses.items())
+        return VlPreTrainingOutput(loss=total, **losses, itm_logits=extras["itm_logits"],
+                                   itm_accuracy=extras["itm_accuracy"], mlm_logits=extras["mlm_logits"], **fields)
+
+    def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, generator):
+        return itm_with_hard_negatives(self.base_model, self.itm_head, image_embeds, text_embeds, attention_mask,
+                                       sim_i2t, sim_t2i, generator)
+
+
+def sample_hard_negatives(sim_i2t, sim_t2i, generator=None):
+    """For each image a text and for each text an image, drawn in proportion to softmax(similarity) over the
+    batch, never the positive itself. sim_* [B, B] -> (negative image per text [B], negative text per image [B])."""
+    with torch.no_grad():
+        batch = sim_i2t.shape[0]
+        eye = torch.eye(batch, dtype=torch.bool, device=sim_i2t.device)
+        # a tiny floor keeps rows valid when the softmax underflows to exact zeros off the diagonal
+        weights_t2i = sim_t2i.float().softmax(-1).masked_fill(eye, 0) + 1e-8 * ~eye
+        weights_i2t = sim_i2t.float().softmax(-1).masked_fill(eye, 0) + 1e-8 * ~eye
+        neg_image = torch.multinomial(weights_t2i, 1, generator=generator).squeeze(1)
+        neg_text = torch.multinomial(weights_i2t, 1, generator=generator).squeeze(1)
+    return neg_image, neg_text
+
+
+def itm_with_hard_negatives(model, itm_head, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i,
+                            generator=None):
+    """ITM on B positives and 2B hard negatives. Returns (loss, logits [3B, 2], accuracy)."""
+    batch = image_embeds.shape[0]
+    neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_t2i, generator)
+    images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds], dim=0)  # [3B, 1 + n, D]
+    texts = torch.cat([text_embeds, text_embeds, text_embeds[neg_text]], dim=0)
+    masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]], dim=0)
+    logits = itm_head(model.fuse(images, texts, masks)[:, 0])  # [3B, 2]
+    labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(logits.device)
+    accuracy = (logits.argmax(-1) == labels).float().mean().detach()
+    return F.cross_entropy(logits, labels), logits, accuracy
+
+
+def _rank_offset(batch: int) -> int:
+    """Row of this rank's first pair in features gathered from all ranks (equal batches per rank)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() * batch
+    return 0

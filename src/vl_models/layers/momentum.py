@@ -1,0 +1,115 @@
+"""Momentum (EMA) teachers and feature queues for the ALBEF family."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+
+from vl_models.layers.losses import gather_no_grad
+from vl_models.utils import check_range, check_tensor
+
+ModulePairs = Iterable[tuple[nn.Module, nn.Module]]
+
+
+class FeatureQueue(nn.Module):
+    """A ring buffer of L2-normalised features [size, dim] filled from every rank (ALBEF/MoCo queue).
+
+    ``features`` and ``ptr`` are persistent buffers, so a checkpoint resumes with the same queue.
+    """
+
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        if dim < 1 or size < 1:
+            raise ValueError(f"`dim` and `size` must be >= 1, got {dim} and {size}")
+        self.dim, self.size = dim, size
+        self.register_buffer("features", torch.empty(size, dim))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        # only through transformers' init functions: they skip tensors already loaded from a checkpoint
+        device = generator.device if generator is not None else self.features.device
+        noise = torch.randn(self.size, self.dim, generator=generator, device=device)
+        init.copy_(self.features, F.normalize(noise, dim=1))
+        init.zeros_(self.ptr)
+
+    @torch.no_grad()
+    def enqueue(self, feats: torch.Tensor) -> None:
+        """Append feats [B, dim] from every rank (rank order); only the newest ``size`` are kept when the
+        global batch is larger than the queue. Stays on device: no host sync."""
+        check_tensor("feats", feats, ndim=2, dtype="float", last_dim=self.dim)
+        feats = gather_no_grad(feats).to(self.features.dtype)  # [R*B, dim]
+        total = feats.shape[0]
+        if total == 0:
+            return
+        kept = feats[-self.size :]
+        # writing all `total` rows in order and keeping the last `size` == writing `kept` from here
+        start = self.ptr + (total - kept.shape[0])
+        idx = (start + torch.arange(kept.shape[0], device=self.features.device)) % self.size
+        self.features.index_copy_(0, idx, kept)
+        self.ptr.copy_((self.ptr + total) % self.size)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, size={self.size}"
+
+
+def _paired_tensors(pairs: ModulePairs):
+    """Matching (student, teacher) parameter and buffer lists; names must agree."""
+    s_params, t_params, s_bufs, t_bufs = [], [], [], []
+    for student, teacher in pairs:
+        for kind, s_list, t_list, getter in (
+            ("parameters", s_params, t_params, "named_parameters"),
+            ("buffers", s_bufs, t_bufs, "named_buffers"),
+        ):
+            s_named, t_named = dict(getattr(student, getter)()), dict(getattr(teacher, getter)())
+            if s_named.keys() != t_named.keys():
+                diff = sorted(s_named.keys() ^ t_named.keys())[:5]
+                raise ValueError(f"`pairs`: student and teacher {kind} differ, e.g. {diff}")
+            for name, s in s_named.items():
+                if s.shape != t_named[name].shape:
+                    raise ValueError(
+                        f"`pairs`: shape of {name} differs: {tuple(s.shape)} vs {tuple(t_named[name].shape)}"
+                    )
+                s_list.append(s)
+                t_list.append(t_named[name])
+    return s_params, t_params, s_bufs, t_bufs
+
+
+@torch.no_grad()
+def momentum_update(pairs: ModulePairs, momentum: float) -> None:
+    """EMA teacher update: teacher = momentum * teacher + (1 - momentum) * student; buffers copied."""
+    check_range("momentum", momentum, 0.0, 1.0, high_inclusive=True)
+    s_params, t_params, s_bufs, t_bufs = _paired_tensors(pairs)
+    if t_params:
+        # lerp(t, s, w) = t + w * (s - t) = (1 - w) * t + w * s with w = 1 - momentum
+        torch._foreach_lerp_(t_params, [s.to(t.dtype) for s, t in zip(s_params, t_params)], 1.0 - momentum)
+    for s, t in zip(s_bufs, t_bufs):
+        t.copy_(s)
+
+
+@torch.no_grad()
+def copy_student_to_teacher(pairs: ModulePairs) -> None:
+    """Initialise teachers as exact copies of their students (parameters and buffers)."""
+    s_params, t_params, s_bufs, t_bufs = _paired_tensors(pairs)
+    for s, t in zip(s_params + s_bufs, t_params + t_bufs):
+        t.copy_(s)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stop gradients to every parameter of ``module`` (teachers are updated by EMA only); returns it."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def linear_ramp(step: int, warmup_steps: int, final_value: float) -> float:
+    """final_value * min(1, step / warmup_steps): ALBEF ramps its distillation alpha over epoch one."""
+    if step < 0:
+        raise ValueError(f"`step` must be >= 0, got {step}")
+    if warmup_steps <= 0:
+        return final_value
+    return final_value * min(1.0, step / warmup_steps)

@@ -1,0 +1,170 @@
+"""Downstream task mixins shared by every method: retrieval, VQA, visual grounding, NLVR2.
+
+A method's class is one line, e.g. `class AlbefForQuestionAnswering(QuestionAnsweringMixin,
+AlbefPreTrainedModel): _backbone_class = AlbefModel`. The backbone (`XModel`) provides `encode_image`,
+`encode_text`, `fuse`, `image_feat`, `text_feat`; the base-model prefix matches `XForPreTraining`, so
+`from_pretrained(pretraining_checkpoint)` loads the backbone and reports the pre-training-only keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..utils import check_same_batch, check_tensor
+from .align_fuse import itm_with_hard_negatives
+from .heads import BoxHead, ClassifierHead
+from .losses import contrastive_loss, grounding_loss, vqa_soft_score_loss
+from .outputs import VlClassificationOutput, VlGroundingOutput, VlRetrievalOutput
+
+
+class _TaskMixin:
+    _backbone_class: type
+
+    def _build_backbone(self, config, *, uses_itc: bool = False):
+        setattr(self, self.base_model_prefix, self._backbone_class(config))
+        if not uses_itc:
+            # the ITC projections take no part in fused-[CLS] tasks: frozen, so every trainable parameter gets a
+            # gradient (DDP without find_unused_parameters)
+            for name in ("vision_proj", "text_proj"):
+                module = getattr(self.base_model, name, None)
+                if module is not None:
+                    module.requires_grad_(False)
+
+    def _encode_pair(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False):
+        if pixel_values is None or input_ids is None:
+            missing = "pixel_values" if pixel_values is None else "input_ids"
+            raise ValueError(f"`{missing}` is required, got None")
+        check_same_batch(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        model = self.base_model
+        image_embeds = model.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        text_embeds = model.encode_text(input_ids, attention_mask)
+        return image_embeds, text_embeds, attention_mask
+
+    def _pooled(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False):
+        image_embeds, text_embeds, mask = self._encode_pair(pixel_values, input_ids, attention_mask,
+                                                            interpolate_pos_encoding)
+        return self.base_model.fuse(image_embeds, text_embeds, mask)[:, 0]  # [B, D]
+
+
+class ImageTextRetrievalMixin(_TaskMixin):
+    """ITC ranks all pairs; ITM re-ranks the top k (ALBEF). Training: contrastive + hard-negative ITM."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._build_backbone(config, uses_itc=True)
+        self.itm_head = nn.Linear(config.text_config.hidden_size, 2)
+        self.temp = nn.Parameter(torch.tensor(float(config.temperature)))
+        self.post_init()
+
+    def _init_method_parameters(self):
+        from transformers import initialization as init
+
+        init.constant_(self.temp, self.config.temperature)
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=None,
+                generator=None, interpolate_pos_encoding=False, **kwargs) -> VlRetrievalOutput:
+        image_embeds, text_embeds, mask = self._encode_pair(pixel_values, input_ids, attention_mask,
+                                                            interpolate_pos_encoding)
+        model = self.base_model
+        image_feat, text_feat = model.image_feat(image_embeds), model.text_feat(text_embeds)
+        temp = self.temp.clamp(0.001, 0.5)
+        logits_per_image = image_feat @ text_feat.t() / temp  # [B, B]
+        itm_logits = self.itm_head(model.fuse(image_embeds, text_embeds, mask)[:, 0])  # the given pairs
+        out = VlRetrievalOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_image.t(),
+                                itm_logits=itm_logits, image_feat=image_feat, text_feat=text_feat)
+        if return_loss if return_loss is not None else self.training:
+            loss_itm, _, _ = itm_with_hard_negatives(model, self.itm_head, image_embeds, text_embeds, mask,
+                                                     logits_per_image, logits_per_image.t(), generator)
+            out.loss = contrastive_loss(image_feat, text_feat, temp) + loss_itm
+        return out
+
+    @torch.no_grad()
+    def rank(self, pixel_values, input_ids, attention_mask=None, *, k: int = 16, batch_size: int = 64):
+        """Scores [N_images, N_texts]: ITC similarity everywhere, plus the ITM match probability for each
+        image's top-k texts and each text's top-k images (so re-ranked pairs sort first)."""
+        check_tensor("pixel_values", pixel_values, ndim=4, dtype="float")
+        check_tensor("input_ids", input_ids, ndim=2, dtype="int")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        model = self.base_model
+        images = torch.cat([model.encode_image(p) for p in pixel_values.split(batch_size)])
+        texts = torch.cat([model.encode_text(t, m) for t, m in zip(input_ids.split(batch_size),
+                                                                    attention_mask.split(batch_size))])
+        sims = model.image_feat(images) @ model.text_feat(texts).t()  # [I, T]
+        k_t, k_i = min(k, sims.shape[1]), min(k, sims.shape[0])
+        pairs = {(i, int(t)) for i in range(sims.shape[0]) for t in sims[i].topk(k_t).indices}
+        pairs |= {(int(i), t) for t in range(sims.shape[1]) for i in sims[:, t].topk(k_i).indices}
+        pairs = sorted(pairs)
+        scores = sims.clone()
+        for chunk in range(0, len(pairs), batch_size):
+            idx = torch.tensor(pairs[chunk:chunk + batch_size], device=sims.device)
+            fused = model.fuse(images[idx[:, 0]], texts[idx[:, 1]], attention_mask[idx[:, 1]])
+            match = self.itm_head(fused[:, 0]).softmax(-1)[:, 1]
+            scores[idx[:, 0], idx[:, 1]] = 2.0 + match  # above every ITC-only score (cosine <= 1)
+        return scores
+
+
+class QuestionAnsweringMixin(_TaskMixin):
+    """A classifier over the answer vocabulary (`config.id2label`) on the fused [CLS], trained on soft scores."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._build_backbone(config)
+        self.vqa_head = ClassifierHead(config.text_config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None,
+                interpolate_pos_encoding=False, **kwargs) -> VlClassificationOutput:
+        logits = self.vqa_head(self._pooled(pixel_values, input_ids, attention_mask, interpolate_pos_encoding))
+        loss = None
+        if labels is not None:
+            check_tensor("labels", labels, ndim=2, dtype="float", last_dim=logits.shape[-1])
+            loss = vqa_soft_score_loss(logits, labels)
+        return VlClassificationOutput(loss=loss, logits=logits)
+
+
+class VisualGroundingMixin(_TaskMixin):
+    """One box per (image, referring expression), regressed from the fused [CLS]; L1 + GIoU loss."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._build_backbone(config)
+        self.box_head = BoxHead(config.text_config.hidden_size)
+        self.post_init()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None,
+                interpolate_pos_encoding=False, **kwargs) -> VlGroundingOutput:
+        boxes = self.box_head(self._pooled(pixel_values, input_ids, attention_mask, interpolate_pos_encoding))
+        loss = None
+        if labels is not None:
+            check_tensor("labels", labels, ndim=2, dtype="float", last_dim=4)
+            loss = grounding_loss(boxes, labels)
+        return VlGroundingOutput(loss=loss, pred_boxes=boxes)
+
+
+class ImagesAndTextClassificationMixin(_TaskMixin):
+    """NLVR2: one statement, two images; the two fused [CLS] are concatenated and classified (true/false)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._build_backbone(config)
+        self.classifier = ClassifierHead(2 * config.text_config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None,
+                interpolate_pos_encoding=False, **kwargs) -> VlClassificationOutput:
+        check_tensor("pixel_values", pixel_values, ndim=5, dtype="float")
+        if pixel_values.shape[1] != 2:
+            raise ValueError(f"`pixel_values` must hold 2 images per example [B, 2, C, H, W], "
+                             f"got {tuple(pixel_values.shape)}")
+        pooled = [self._pooled(pixel_values[:, i], input_ids, attention_mask, interpolate_pos_encoding)
+                  for i in range(2)]
+        logits = self.classifier(torch.cat(pooled, dim=-1))
+        loss = None
+        if labels is not None:
+            check_tensor("labels", labels, ndim=1, dtype="int")
+            loss = nn.functional.cross_entropy(logits, labels)
+        return VlClassificationOutput(loss=loss, logits=logits)

@@ -1,0 +1,61 @@
+"""`VlPreTrainedModel`: the base every method's `XPreTrainedModel` derives from.
+
+It states what the shared layers support (sdpa, flash, flex, gradient checkpointing) and initialises every
+custom parameter and buffer through `transformers.initialization`, whose functions skip tensors already loaded
+from a checkpoint, so codebooks, queues and momentum weights survive `from_pretrained` unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+from transformers import initialization as init
+
+from .layers.codebook import VectorQuantizer
+from .layers.embeddings import DecoderEmbeddings, PatchEmbeddings
+from .layers.momentum import FeatureQueue
+from .layers.transformer import LayerScale
+
+
+class VlPreTrainedModel(PreTrainedModel):
+    supports_gradient_checkpointing = True
+    # our attention adds no score bias in the align-fuse family, so every kernel applies; methods that add a
+    # relative position bias (VL-BEiT) set `_supports_flash_attn = False`
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["EncoderLayer", "MultiwayLayer"]
+    input_modalities = ("image", "text")
+    main_input_name = "pixel_values"
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        # transformers sets the attention kernel on the top config only when a model is built from a config;
+        # our towers dispatch through their sub-configs, so hand it down
+        for key in config.sub_configs:
+            sub = getattr(config, key, None)
+            if sub is not None and sub._attn_implementation is None:
+                sub._attn_implementation_internal = config._attn_implementation
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, PatchEmbeddings):
+            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.pos_embed, std=std)
+            if module.mask_token is not None:
+                init.zeros_(module.mask_token)
+        elif isinstance(module, DecoderEmbeddings):
+            init.trunc_normal_(module.pos_embed, std=std)
+            init.trunc_normal_(module.mask_token, std=std)
+        elif isinstance(module, LayerScale) and module.gamma is not None:
+            init.constant_(module.gamma, module.init_value)
+        elif isinstance(module, (VectorQuantizer, FeatureQueue)):
+            module.reset_parameters()  # they initialise through `init.*` themselves
+        if module is self:
+            self._init_method_parameters()
+
+    def _init_method_parameters(self):
+        """Hook for a method's own top-level parameters (temperature, momentum copies); runs last."""

@@ -1,0 +1,7 @@
+"""One package per method; importing this registers them all (methods never import each other)."""
+
+from ..registry import register_method
+from . import albef, vlmae
+
+for _method in (albef.METHOD, vlmae.METHOD):
+    register_method(_method)

@@ -1,0 +1,47 @@
+from ...registry import Method
+from .configuration_vlmae import VlmaeConfig
+from .modeling_vlmae import (
+    VlmaeForImagesAndTextClassification,
+    VlmaeForImageTextRetrieval,
+    VlmaeForPreTraining,
+    VlmaeForQuestionAnswering,
+    VlmaeForVisualGrounding,
+    VlmaeModel,
+    VlmaePreTrainedModel,
+)
+from .processing_vlmae import VlmaeProcessor
+
+# decoder sizes per preset (ours; MAE's light decoder is 512-d at base)
+_DECODER = {"tiny": (32, 1, 2), "small": (128, 2, 4), "base": (512, 4, 16), "large": (512, 8, 16)}
+
+METHOD = Method(
+    name="vlmae",
+    config_class=VlmaeConfig,
+    model_class=VlmaeModel,
+    pretraining_class=VlmaeForPreTraining,
+    processor_class=VlmaeProcessor,
+    task_classes={
+        "retrieval": VlmaeForImageTextRetrieval,
+        "vqa": VlmaeForQuestionAnswering,
+        "grounding": VlmaeForVisualGrounding,
+        "nlvr2": VlmaeForImagesAndTextClassification,
+    },
+    presets={
+        size: {"decoder_hidden_size": d, "decoder_num_layers": n, "decoder_num_heads": h}
+        for size, (d, n, h) in _DECODER.items()
+    },
+    paper="VLMAE: Vision-Language Masked Autoencoder (He et al., 2022), arXiv 2208.09374",
+)
+
+__all__ = [
+    "METHOD",
+    "VlmaeConfig",
+    "VlmaeForImagesAndTextClassification",
+    "VlmaeForImageTextRetrieval",
+    "VlmaeForPreTraining",
+    "VlmaeForQuestionAnswering",
+    "VlmaeForVisualGrounding",
+    "VlmaeModel",
+    "VlmaePreTrainedModel",
+    "VlmaeProcessor",
+]

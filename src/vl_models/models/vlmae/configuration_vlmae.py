@@ -1,0 +1,52 @@
+"""VLMAE configuration (He et al., 2022, "VLMAE: Vision-Language Masked Autoencoder", arXiv 2208.09374)."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+
+from ...configuration_utils import AlignFuseConfig, _check_heads
+from ...utils import check_range
+
+
+@strict
+class VlmaeConfig(AlignFuseConfig):
+    """ALBEF plus visual generative learning: the student image encoder sees only the visible patches.
+
+    The paper's exact recipe (mask ratio, decoder size, loss weights, targets) could not be verified; every
+    VLMAE-specific default below is OURS, following MAE (He et al. 2021) where it applies:
+
+    - mask_ratio 0.75 (MAE's default): fraction of patches hidden from the student image encoder; ITC, ITM and
+      MLM are computed from the visible-patch features, the momentum teacher encodes the full image.
+    - A light Transformer decoder (decoder_hidden_size 512, decoder_num_layers 4, decoder_num_heads 16 at
+      base) puts mask tokens back in place and, with `decoder_use_text`, cross-attends to the caption, so the
+      text guides the reconstruction (RMIM: regional masked image modeling).
+    - loss_rmim: MSE on normalised pixels of the masked patches only (`norm_pix_loss`).
+    - loss_ifr: image feature reconstruction, predicting the momentum encoder's features of the full image at
+      the masked positions (`ifr_loss`: "cosine" or "smooth_l1").
+    """
+
+    model_type = "vlmae"
+
+    mask_ratio: float = 0.75
+    decoder_hidden_size: int = 512
+    decoder_num_layers: int = 4
+    decoder_num_heads: int = 16
+    decoder_use_text: bool = True
+    norm_pix_loss: bool = True
+    ifr_loss: str = "cosine"
+    rmim_weight: float = 1.0
+    ifr_weight: float = 1.0
+
+    def validate_vlmae(self):
+        check_range("mask_ratio", self.mask_ratio, 0.0, 1.0)
+        _check_heads("decoder", self.decoder_hidden_size, self.decoder_num_heads)
+        if self.decoder_num_layers < 1:
+            raise ValueError(f"`decoder_num_layers` must be >= 1, got {self.decoder_num_layers}")
+        if self.ifr_loss not in ("cosine", "smooth_l1"):
+            raise ValueError(f"`ifr_loss` must be 'cosine' or 'smooth_l1', got {self.ifr_loss!r}")
+        for name in ("rmim_weight", "ifr_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+
+
+__all__ = ["VlmaeConfig"]

@@ -1,0 +1,12 @@
+"""VLMAE processor: the shared image processor + a BERT-style tokenizer."""
+
+from __future__ import annotations
+
+from ...processing import VlProcessor
+
+
+class VlmaeProcessor(VlProcessor):
+    """Images -> `pixel_values`, captions -> `input_ids` / `attention_mask`."""
+
+
+__all__ = ["VlmaeProcessor"]

@@ -1,0 +1,60 @@
+"""Named sizes shared by every method: tiny (tests, milliseconds on CPU), small (CPU demo), base (the papers'
+size: ViT-B/16 at 224 and BERT-base), large (ViT-L/16 and BERT-large).
+
+tiny and small use the built-in WordPiece tokenizer (`processing.default_tokenizer`), base and large BERT's
+uncased vocabulary, so a preset and the processor `build_processor` gives for it always agree on token ids.
+"""
+
+from __future__ import annotations
+
+SIZES = ("tiny", "small", "base", "large")
+
+_BERT_IDS = {"vocab_size": 30522, "pad_token_id": 0, "cls_token_id": 101, "sep_token_id": 102, "mask_token_id": 103}
+
+
+def _builtin_vocab_ids() -> dict:
+    from .processing import default_tokenizer
+
+    tok = default_tokenizer()
+    return {"vocab_size": len(tok), "pad_token_id": tok.pad_token_id, "cls_token_id": tok.cls_token_id,
+            "sep_token_id": tok.sep_token_id, "mask_token_id": tok.mask_token_id}
+
+
+def _vision(image, patch, hidden, layers, heads, mlp):
+    return {"image_size": image, "patch_size": patch, "hidden_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "intermediate_size": mlp}
+
+
+def _text(hidden, layers, fusion, heads, mlp, positions):
+    return {"hidden_size": hidden, "num_hidden_layers": layers, "num_fusion_layers": fusion,
+            "num_attention_heads": heads, "intermediate_size": mlp, "max_position_embeddings": positions}
+
+
+# (vision tower, text tower, shared fields); the text tower's vocabulary is added by `tower_preset`
+_TOWERS = {
+    "tiny": (_vision(32, 8, 32, 2, 2, 64), _text(32, 1, 1, 2, 64, 64), {"embed_dim": 16, "queue_size": 32}),
+    "small": (_vision(64, 8, 128, 4, 4, 512), _text(128, 2, 2, 4, 512, 64), {"embed_dim": 64, "queue_size": 1024}),
+    "base": (_vision(224, 16, 768, 12, 12, 3072), _text(768, 6, 6, 12, 3072, 512), {"embed_dim": 256}),
+    "large": (_vision(224, 16, 1024, 24, 16, 4096), _text(1024, 12, 12, 16, 4096, 512), {"embed_dim": 256}),
+}
+
+
+def check_size(size: str) -> str:
+    if size not in SIZES:
+        raise ValueError(f"`size` must be one of {list(SIZES)}, got {size!r}")
+    return size
+
+
+def tower_preset(size: str) -> dict:
+    """Config kwargs (vision_config, text_config, shared fields) for one size."""
+    vision, text, shared = _TOWERS[check_size(size)]
+    vocab = _builtin_vocab_ids() if size in ("tiny", "small") else _BERT_IDS
+    return {"vision_config": dict(vision), "text_config": {**text, **vocab}, **shared}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge (override wins); sub-config dicts merge key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,73 @@
+"""The method registry: what `list_methods`, `get_config`, `build_processor` and the Auto classes know."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForVisualQuestionAnswering,
+)
+
+from .presets import check_size, merge, tower_preset
+
+
+@dataclass(frozen=True)
+class Method:
+    """One VLP method: its config, models, processor and per-size preset overrides."""
+
+    name: str  # the config's model_type
+    config_class: type
+    model_class: type  # XModel
+    pretraining_class: type  # XForPreTraining
+    processor_class: type
+    task_classes: dict[str, type] = field(default_factory=dict)  # "retrieval" | "vqa" | "grounding" | "nlvr2"
+    presets: dict[str, dict] = field(default_factory=dict)  # size -> overrides of the shared tower preset
+    paper: str = ""
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add a method and register its classes with transformers' Auto classes."""
+    from .processing import register_processing_classes
+
+    _METHODS[method.name] = method
+    AutoConfig.register(method.name, method.config_class, exist_ok=True)
+    AutoModel.register(method.config_class, method.model_class, exist_ok=True)
+    AutoModelForPreTraining.register(method.config_class, method.pretraining_class, exist_ok=True)
+    if "vqa" in method.task_classes:
+        AutoModelForVisualQuestionAnswering.register(method.config_class, method.task_classes["vqa"], exist_ok=True)
+    register_processing_classes(method.config_class, method.processor_class)
+    return method
+
+
+def list_methods() -> list[str]:
+    """The registered methods' names (their `model_type`)."""
+    return list(_METHODS)
+
+
+def get_method(name: str) -> Method:
+    if name not in _METHODS:
+        raise ValueError(f"`method` must be one of {list_methods()}, got {name!r}")
+    return _METHODS[name]
+
+
+def get_config(method: str, size: str = "base", **overrides):
+    """The config of `method` at a named size; keyword overrides win (sub-config dicts merge key by key)."""
+    spec = get_method(method)
+    kwargs = merge(merge(tower_preset(size), spec.presets.get(check_size(size), {})), overrides)
+    return spec.config_class(**kwargs)
+
+
+def build_processor(method: str, size: str = "base", tokenizer=None, **kwargs):
+    """The method's processor for a size. `tokenizer`: a path or Hub id of a BERT-style tokenizer, a tokenizer
+    object, or None for the built-in WordPiece tokenizer (tiny and small presets use its vocabulary)."""
+    from .processing import build_processor as _build
+
+    spec = get_method(method)
+    config = get_config(method, size)
+    return _build(spec.processor_class, image_size=config.vision_config.image_size, tokenizer=tokenizer, **kwargs)

@@ -1,0 +1,292 @@
+"""One suite over every registered method at size tiny: the contract each `XForPreTraining`, `XModel` and
+downstream class keeps (losses, gradients, save/load, attention kernels, masking, bad input)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+
+import vl_models
+from conftest import make_batch
+from vl_models.layers.align_fuse import sample_hard_negatives
+
+METHODS = vl_models.list_methods()
+EXPECTED_LOSSES = {
+    "albef": {"loss_itc", "loss_itm", "loss_mlm"},
+    "vlmae": {"loss_itc", "loss_itm", "loss_mlm", "loss_rmim", "loss_ifr"},
+}
+NO_DROPOUT = {"text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+
+
+def tiny(method, **overrides):
+    return vl_models.get_config(method, "tiny", **overrides)
+
+
+def build(method, cls=None, seed=0, **overrides):
+    torch.manual_seed(seed)
+    spec = vl_models.get_method(method)
+    return (cls or spec.pretraining_class)(tiny(method, **overrides))
+
+
+def losses_of(out) -> dict:
+    return {k: v for k, v in out.items() if k.startswith("loss_")}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pretraining_returns_every_loss_and_every_parameter_learns(method):
+    model = build(method).train()
+    out = model(**make_batch(model.config), generator=torch.Generator().manual_seed(0))
+    assert set(losses_of(out)) == EXPECTED_LOSSES[method]
+    assert all(torch.isfinite(v) for v in losses_of(out).values())
+    cfg = model.config
+    weighted = sum(getattr(cfg, f"{k[5:]}_weight") * v for k, v in losses_of(out).items())
+    torch.testing.assert_close(out.loss, weighted)
+    out.loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    without = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert without == [], f"parameters without a gradient (DDP would fail): {without[:5]}"
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith("momentum_") for n in frozen)  # only the EMA teacher is frozen
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_generator_makes_pretraining_reproducible_and_collator_masks_are_used(method):
+    model = build(method).eval()
+    batch = make_batch(model.config)
+    run = [losses_of(model(**batch, generator=torch.Generator().manual_seed(7))) for _ in range(2)]
+    for key in run[0]:
+        torch.testing.assert_close(run[0][key], run[1][key])
+    # masks and labels from a collator replace the ones drawn inside
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[:, 2] = batch["input_ids"][:, 2]
+    masked = batch["input_ids"].clone()
+    masked[:, 2] = model.config.text_config.mask_token_id
+    out = model(**batch, mlm_input_ids=masked, mlm_labels=labels, generator=torch.Generator().manual_seed(7))
+    assert out.mlm_logits.shape == (batch["input_ids"].shape[0], model.config.text_config.vocab_size)
+    with pytest.raises(ValueError, match="mlm_labels"):
+        model(**batch, mlm_input_ids=masked)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_itc_without_queue_and_distillation_is_the_clip_loss(method):
+    """With alpha = 0, no queue and teacher == student, ALBEF's ITC reduces to the symmetric InfoNCE loss."""
+    from vl_models.layers.losses import contrastive_loss
+
+    model = build(method, queue_size=0, alpha=0.0, **NO_DROPOUT).eval()
+    if method == "vlmae":
+        model.config.mask_ratio = 0.0
+    batch = make_batch(model.config)
+    out = model(**batch, generator=torch.Generator().manual_seed(0))
+    backbone = model.base_model
+    image_feat = backbone.get_image_features(batch["pixel_values"])
+    text_feat = backbone.get_text_features(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(out.loss_itc, contrastive_loss(image_feat, text_feat, model.temp),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_hard_negatives_are_never_the_positive():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(5, 5) * 10 + torch.eye(5) * 50  # the positive dominates the softmax
+    for _ in range(50):
+        neg_image, neg_text = sample_hard_negatives(sim, sim.t(), g)
+        assert (neg_image != torch.arange(5)).all() and (neg_text != torch.arange(5)).all()
+    # sampling follows similarity: a much more similar negative is drawn almost always
+    sim = torch.zeros(3, 3)
+    sim[0, 2] = sim[2, 0] = 20.0
+    picks = [int(sample_hard_negatives(sim, sim, g)[1][0]) for _ in range(50)]
+    assert picks.count(2) >= 48
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_round_trip_keeps_outputs_momentum_and_queues(method, tmp_path):
+    model = build(method).train()
+    batch = make_batch(model.config)
+    model(**batch, generator=torch.Generator().manual_seed(0))  # moves the queues and the teacher
+    model.eval()
+    model.save_pretrained(tmp_path)
+    for loader in (vl_models.get_method(method).pretraining_class, AutoModelForPreTraining):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert type(loaded) is type(model)
+        ours, theirs = model.state_dict(), loaded.state_dict()
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert torch.equal(ours[key], theirs[key]), key
+        a = model(**batch, generator=torch.Generator().manual_seed(1))
+        b = loaded(**batch, generator=torch.Generator().manual_seed(1))
+        for key in losses_of(a):
+            torch.testing.assert_close(a[key], b[key])
+    assert any("queue" in k for k in model.state_dict()) and any("momentum_model" in k for k in model.state_dict())
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), vl_models.get_method(method).config_class)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_base_model_and_downstream_heads_load_from_a_pretraining_checkpoint(method, tmp_path):
+    model = build(method)
+    model.save_pretrained(tmp_path)
+    base = AutoModel.from_pretrained(tmp_path)
+    assert type(base) is vl_models.get_method(method).model_class
+    torch.testing.assert_close(base.text.embeddings.word_embeddings.weight,
+                               model.base_model.text.embeddings.word_embeddings.weight)
+    for task, cls in vl_models.get_method(method).task_classes.items():
+        head, info = cls.from_pretrained(tmp_path, output_loading_info=True)
+        assert any(k.startswith("momentum_") for k in info["unexpected_keys"]), task
+        if task == "retrieval":  # its ITM head and temperature come from pre-training
+            assert info["missing_keys"] == set() or not info["missing_keys"]
+        else:
+            assert info["missing_keys"], task  # the task head starts from scratch and is reported
+        assert all(not k.startswith(method + ".") for k in info["missing_keys"]), task
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_eager_and_sdpa_agree(method, tmp_path):
+    build(method, **NO_DROPOUT).save_pretrained(tmp_path)
+    batch = make_batch(AutoConfig.from_pretrained(tmp_path))
+    outs = {}
+    for impl in ("eager", "sdpa"):
+        model = AutoModelForPreTraining.from_pretrained(tmp_path, attn_implementation=impl).eval()
+        assert model.config.text_config._attn_implementation == impl
+        outs[impl] = losses_of(model(**batch, generator=torch.Generator().manual_seed(0)))
+    for key in outs["eager"]:
+        torch.testing.assert_close(outs["sdpa"][key], outs["eager"][key], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradient_checkpointing_gives_the_same_gradients(method):
+    grads = []
+    for checkpointing in (False, True):
+        model = build(method, **NO_DROPOUT).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model(**make_batch(model.config), generator=torch.Generator().manual_seed(0)).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("task", ["retrieval", "vqa", "grounding", "nlvr2"])
+def test_downstream_forward_backward(method, task):
+    cls = vl_models.get_method(method).task_classes[task]
+    model = build(method, cls=cls, **({"id2label": {i: f"a{i}" for i in range(7)}} if task == "vqa" else {}))
+    batch = make_batch(model.config)
+    b = batch["input_ids"].shape[0]
+    if task == "vqa":
+        batch["labels"] = torch.rand(b, 7)
+    elif task == "grounding":
+        batch["labels"] = torch.tensor([[0.5, 0.5, 0.2, 0.3]]).repeat(b, 1)
+    elif task == "nlvr2":
+        batch["pixel_values"] = torch.stack([batch["pixel_values"], batch["pixel_values"].flip(0)], dim=1)
+        batch["labels"] = torch.tensor([0, 1] * (b // 2))
+    model.train()
+    out = model(**batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    without = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert without == []
+    if task == "vqa":
+        assert out.logits.shape == (b, 7)
+    if task == "grounding":
+        assert out.pred_boxes.shape == (b, 4) and ((out.pred_boxes >= 0) & (out.pred_boxes <= 1)).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_retrieval_rank_reranks_the_top_k_with_itm(method):
+    model = build(method, cls=vl_models.get_method(method).task_classes["retrieval"]).eval()
+    batch = make_batch(model.config, batch_size=5)
+    scores = model.rank(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], k=2, batch_size=3)
+    assert scores.shape == (5, 5)
+    itc = model.base_model.get_image_features(batch["pixel_values"]) @ model.base_model.get_text_features(
+        batch["input_ids"], batch["attention_mask"]).t()
+    reranked = scores >= 2.0
+    assert reranked.sum(1).min() >= 2 and reranked.sum(0).min() >= 2
+    torch.testing.assert_close(scores[~reranked], itc[~reranked])
+    top_itc = itc.topk(2, dim=1).indices
+    assert reranked.gather(1, top_itc).all()  # every image's ITC top-k was re-ranked
+
+
+def test_vlmae_student_sees_only_the_visible_patches():
+    model = build("vlmae").train()
+    n = model.config.vision_config.num_patches
+    seen = []
+    model.vlmae.vision.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    model.momentum_model.vision.register_forward_hook(lambda m, i, o: seen.append(("teacher", o.shape[1])))
+    for ratio in (0.75, 0.5, 0.3):
+        seen.clear()
+        model.config.mask_ratio = ratio
+        out = model(**make_batch(model.config), generator=torch.Generator().manual_seed(0))
+        assert seen[0] == 1 + math.ceil((1 - ratio) * n)  # the student: visible patches + CLS, nothing else
+        assert [s for s in seen if isinstance(s, int)] == [seen[0]]
+        assert ("teacher", 1 + n) in seen  # the momentum encoder sees the full image
+        assert out.image_mask.sum(1).eq(n - (seen[0] - 1)).all()
+        assert out.reconstruction.shape == (4, n - (seen[0] - 1), model.config.vision_config.patch_size**2 * 3)
+
+
+def test_vlmae_collator_image_mask_is_used():
+    from vl_models.layers.masking import random_masking
+
+    model = build("vlmae").eval()
+    n = model.config.vision_config.num_patches
+    mask = random_masking(4, n, 0.5, generator=torch.Generator().manual_seed(1)).mask
+    out = model(**make_batch(model.config), image_mask=mask, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.image_mask, mask)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bad_inputs_name_the_argument(method):
+    model = build(method).eval()
+    batch = make_batch(model.config)
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    with pytest.raises(ValueError, match="input_ids"):
+        model(pixel_values=batch["pixel_values"])
+    with pytest.raises(ValueError, match="batch sizes"):
+        model(pixel_values=batch["pixel_values"][:3], input_ids=batch["input_ids"])
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(pixel_values=batch["pixel_values"][0], input_ids=batch["input_ids"])
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(pixel_values=batch["pixel_values"][:, :, :16], input_ids=batch["input_ids"])
+    with pytest.raises(ValueError, match="input_ids"):
+        model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"].float())
+    with pytest.raises(ValueError, match="input_ids"):
+        model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"] + 10_000)
+    with pytest.raises(ValueError, match="at least 2"):
+        model(**{k: v[:1] for k, v in batch.items()})
+    with pytest.raises(ValueError, match="neither"):
+        model.base_model()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_invalid_config_values_fail_when_built(method):
+    from huggingface_hub.errors import StrictDataclassClassValidationError as ConfigError
+
+    with pytest.raises(ConfigError, match="divisible"):
+        tiny(method, vision_config={"hidden_size": 30, "num_attention_heads": 4})
+    with pytest.raises(ConfigError, match="temperature"):
+        tiny(method, temperature=0.9)
+    with pytest.raises(ConfigError, match="image_size"):
+        tiny(method, vision_config={"image_size": 30})
+    if method == "vlmae":
+        with pytest.raises(ConfigError, match="mask_ratio"):
+            tiny(method, mask_ratio=1.0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_presets(method):
+    base = vl_models.get_config(method, "base")
+    assert (base.vision_config.image_size, base.vision_config.patch_size, base.vision_config.hidden_size) == (
+        224, 16, 768)
+    assert base.vision_config.num_hidden_layers == 12
+    assert base.text_config.hidden_size == 768 and base.text_config.vocab_size == 30522
+    assert base.text_config.num_hidden_layers + base.text_config.num_fusion_layers == 12
+    large = vl_models.get_config(method, "large")
+    assert large.vision_config.hidden_size == 1024
+    assert vl_models.get_config(method, "tiny", embed_dim=8).embed_dim == 8
+    with pytest.raises(ValueError, match="size"):
+        vl_models.get_config(method, "huge")
+    with pytest.raises(ValueError, match="method"):
+        vl_models.get_config("nope", "tiny")
