@@ -53,7 +53,7 @@ def main() -> None:
         out.loss.backward()
         elapsed = time.perf_counter() - start
         params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        losses = ", ".join(f"{k}={float(v):.3f}" for k, v in out.items() if k.startswith("loss"))
+        losses = ", ".join(f"{k}={v.item():.3f}" for k, v in out.items() if k.startswith("loss"))
         print(f"\n[{method}] {params / 1e6:.2f}M trainable parameters, forward+backward {elapsed * 1000:.0f} ms")
         print(f"  pixel_values {tuple(batch['pixel_values'].shape)}, input_ids {tuple(batch['input_ids'].shape)}")
         print(f"  {losses}")

@@ -25,6 +25,7 @@ class Method:
     processor_class: type
     task_classes: dict[str, type] = field(default_factory=dict)  # "retrieval" | "vqa" | "grounding" | "nlvr2"
     presets: dict[str, dict] = field(default_factory=dict)  # size -> overrides of the shared tower preset
+    objectives: tuple[str, ...] = ()  # the `loss_<name>` fields its pre-training output always carries
     paper: str = ""
 
 

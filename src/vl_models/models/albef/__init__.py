@@ -23,6 +23,7 @@ METHOD = Method(
         "grounding": AlbefForVisualGrounding,
         "nlvr2": AlbefForImagesAndTextClassification,
     },
+    objectives=("itc", "itm", "mlm"),
     paper="Align before Fuse (Li et al., 2021), arXiv 2107.07651",
 )
 

@@ -30,6 +30,7 @@ METHOD = Method(
         size: {"decoder_hidden_size": d, "decoder_num_layers": n, "decoder_num_heads": h}
         for size, (d, n, h) in _DECODER.items()
     },
+    objectives=("itc", "itm", "mlm", "rmim", "ifr"),
     paper="VLMAE: Vision-Language Masked Autoencoder (He et al., 2022), arXiv 2208.09374",
 )
 

@@ -1,0 +1,1 @@
+"""The `grounding_accuracy` evaluate module lives in grounding_accuracy.py (load it with `vl_models.metrics.load`)."""
