@@ -286,3 +286,8 @@ def test_presets(method):
         vl_models.get_config(method, "huge")
     with pytest.raises(ValueError, match="method"):
         vl_models.get_config("nope", "tiny")
+    with pytest.raises(ValueError, match="task"):
+        vl_models.build(method, "tiny", task="captioning")
+    model, processor = vl_models.build(method, "tiny", task="vqa")
+    assert type(model) is vl_models.get_method(method).task_classes["vqa"]
+    assert isinstance(processor, vl_models.get_method(method).processor_class)

@@ -28,7 +28,7 @@ from .models.vlmae import (
 )
 from .presets import SIZES
 from .processing import VlImageProcessor, VlProcessor, default_tokenizer, load_tokenizer, train_tokenizer
-from .registry import build_processor, get_config, get_method, list_methods
+from .registry import build, build_processor, get_config, get_method, list_methods
 
 __version__ = "0.1.0"
 
@@ -55,6 +55,7 @@ __all__ = [
     "VlmaeForVisualGrounding",
     "VlmaeModel",
     "VlmaeProcessor",
+    "build",
     "build_processor",
     "default_tokenizer",
     "get_config",

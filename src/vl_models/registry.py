@@ -72,3 +72,16 @@ def build_processor(method: str, size: str = "base", tokenizer=None, **kwargs):
     spec = get_method(method)
     config = get_config(method, size)
     return _build(spec.processor_class, image_size=config.vision_config.image_size, tokenizer=tokenizer, **kwargs)
+
+
+def build(method: str, size: str = "base", task: str = "pretraining", tokenizer=None, **overrides):
+    """A freshly initialised model and its processor: `model, processor = vl_models.build("vlmae", "tiny")`.
+
+    task: "pretraining" (XForPreTraining), "model" (XModel), or one of the method's downstream tasks
+    ("retrieval", "vqa", "grounding", "nlvr2")."""
+    spec = get_method(method)
+    classes = {"pretraining": spec.pretraining_class, "model": spec.model_class, **spec.task_classes}
+    if task not in classes:
+        raise ValueError(f"`task` must be one of {list(classes)} for {method}, got {task!r}")
+    model = classes[task](get_config(method, size, **overrides))
+    return model, build_processor(method, size, tokenizer=tokenizer)
