@@ -15,6 +15,11 @@ from vl_models.layers.align_fuse import sample_hard_negatives
 
 METHODS = vl_models.list_methods()
 NO_DROPOUT = {"text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+# what differs between the families: ALBEF-style methods keep an EMA teacher (`momentum_*`) and queues; ViLTA keeps
+# a frozen language teacher (`teacher.*`), has no ITC by default and freezes its unused ITC projections
+TEACHER_PREFIX = {"vilta": "teacher."}
+FROZEN_PREFIXES = {"vilta": ("teacher.", "temp", "vilta.vision_proj.", "vilta.text_proj.")}
+ITC_ON = {"vilta": {"itc_weight": 1.0}}
 
 
 def tiny(method, **overrides):
@@ -46,7 +51,8 @@ def test_pretraining_returns_every_loss_and_every_parameter_learns(method):
     without = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
     assert without == [], f"parameters without a gradient (DDP would fail): {without[:5]}"
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
-    assert frozen and all(n.startswith("momentum_") for n in frozen)  # only the EMA teacher is frozen
+    # only the teacher (and what a method documents as unused) is frozen
+    assert frozen and all(n.startswith(FROZEN_PREFIXES.get(method, ("momentum_",))) for n in frozen)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -72,7 +78,7 @@ def test_itc_without_queue_and_distillation_is_the_clip_loss(method):
     """With alpha = 0, no queue and teacher == student, ALBEF's ITC reduces to the symmetric InfoNCE loss."""
     from vl_models.layers.losses import contrastive_loss
 
-    model = build(method, queue_size=0, alpha=0.0, **NO_DROPOUT).eval()
+    model = build(method, queue_size=0, alpha=0.0, **ITC_ON.get(method, {}), **NO_DROPOUT).eval()
     if method == "vlmae":
         model.config.mask_ratio = 0.0
     batch = make_batch(model.config)
@@ -115,7 +121,14 @@ def test_save_load_round_trip_keeps_outputs_momentum_and_queues(method, tmp_path
         b = loaded(**batch, generator=torch.Generator().manual_seed(1))
         for key in losses_of(a):
             torch.testing.assert_close(a[key], b[key])
-    assert any("queue" in k for k in model.state_dict()) and any("momentum_model" in k for k in model.state_dict())
+    keys = list(model.state_dict())
+    if method in TEACHER_PREFIX:
+        assert any(k.startswith(TEACHER_PREFIX[method]) for k in keys)
+    else:
+        assert any("queue" in k for k in keys) and any("momentum_model" in k for k in keys)
+    # loading keeps frozen what the constructor froze (transformers re-creates parameters as trainable)
+    assert [n for n, p in loaded.named_parameters() if not p.requires_grad] == [
+        n for n, p in model.named_parameters() if not p.requires_grad]
     assert isinstance(AutoConfig.from_pretrained(tmp_path), vl_models.get_method(method).config_class)
 
 
@@ -129,7 +142,9 @@ def test_base_model_and_downstream_heads_load_from_a_pretraining_checkpoint(meth
                                model.base_model.text.embeddings.word_embeddings.weight)
     for task, cls in vl_models.get_method(method).task_classes.items():
         head, info = cls.from_pretrained(tmp_path, output_loading_info=True)
-        assert any(k.startswith("momentum_") for k in info["unexpected_keys"]), task
+        assert any(k.startswith(TEACHER_PREFIX.get(method, "momentum_")) for k in info["unexpected_keys"]), task
+        assert [n for n, p in head.named_parameters() if not p.requires_grad] == [
+            n for n, p in cls(head.config).named_parameters() if not p.requires_grad], task
         if task == "retrieval":  # its ITM head and temperature come from pre-training
             assert info["missing_keys"] == set() or not info["missing_keys"]
         else:
@@ -278,7 +293,10 @@ def test_presets(method):
         224, 16, 768)
     assert base.vision_config.num_hidden_layers == 12
     assert base.text_config.hidden_size == 768 and base.text_config.vocab_size == 30522
-    assert base.text_config.num_hidden_layers + base.text_config.num_fusion_layers == 12
+    if method == "vilta":  # a whole BERT-base language encoder + METER's 6 co-attention layers
+        assert (base.text_config.num_hidden_layers, base.text_config.num_fusion_layers) == (12, 6)
+    else:  # ALBEF splits BERT-base into 6 text + 6 fusion layers
+        assert base.text_config.num_hidden_layers + base.text_config.num_fusion_layers == 12
     large = vl_models.get_config(method, "large")
     assert large.vision_config.hidden_size == 1024
     assert vl_models.get_config(method, "tiny", embed_dim=8).embed_dim == 8

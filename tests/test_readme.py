@@ -12,6 +12,6 @@ def test_readme_quick_start_runs():
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     out = scope["out"]
-    assert {k for k in out.keys() if k.startswith("loss_")} == {"loss_itc", "loss_itm", "loss_mlm", "loss_rmim",
+    assert {k for k in out if k.startswith("loss_")} == {"loss_itc", "loss_itm", "loss_mlm", "loss_rmim",
                                                                 "loss_ifr"}
     out.loss.backward()

@@ -4,7 +4,7 @@ Importing the package registers every method with transformers' Auto classes, so
 `AutoModelForPreTraining.from_pretrained("org/vlmae-base")` works after `import vl_models`.
 """
 
-from . import models  # noqa: F401  (registers the methods)
+from . import hub, models  # noqa: F401  (models registers the methods)
 from .configuration_utils import AlignFuseConfig, TextTowerConfig, VisionTowerConfig
 from .models.albef import (
     AlbefConfig,
@@ -15,6 +15,16 @@ from .models.albef import (
     AlbefForVisualGrounding,
     AlbefModel,
     AlbefProcessor,
+)
+from .models.vilta import (
+    ViltaConfig,
+    ViltaForImagesAndTextClassification,
+    ViltaForImageTextRetrieval,
+    ViltaForPreTraining,
+    ViltaForQuestionAnswering,
+    ViltaForVisualGrounding,
+    ViltaModel,
+    ViltaProcessor,
 )
 from .models.vlmae import (
     VlmaeConfig,
@@ -45,6 +55,14 @@ __all__ = [
     "AlignFuseConfig",
     "TextTowerConfig",
     "VisionTowerConfig",
+    "ViltaConfig",
+    "ViltaForImagesAndTextClassification",
+    "ViltaForImageTextRetrieval",
+    "ViltaForPreTraining",
+    "ViltaForQuestionAnswering",
+    "ViltaForVisualGrounding",
+    "ViltaModel",
+    "ViltaProcessor",
     "VlImageProcessor",
     "VlProcessor",
     "VlmaeConfig",

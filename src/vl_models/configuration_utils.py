@@ -19,6 +19,15 @@ def _check_heads(name: str, hidden_size: int, num_heads: int) -> None:
         )
 
 
+class VlPreTrainedConfig(PreTrainedConfig):
+    """Base of every vl_models config."""
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoConfig"):
+        """No-op: transformers' copy of a class's source file cannot follow our package imports; checkpoints get
+        thin shims from `vl_models.hub.remote_code` instead."""
+
+
 @strict
 class VisionTowerConfig(PreTrainedConfig):
     """A ViT image encoder (pre-LayerNorm, as in ViT/DeiT, so transformers ViT checkpoints load exactly)."""
@@ -102,7 +111,7 @@ class TextTowerConfig(PreTrainedConfig):
 
 
 @strict
-class AlignFuseConfig(PreTrainedConfig):
+class AlignFuseConfig(VlPreTrainedConfig):
     """Shared fields of the align-before-fuse family (ALBEF, VLMAE, VQ-MIM): ViT + BERT + cross-attention fusion.
 
     Defaults follow ALBEF's `Pretrain.yaml` (embed_dim 256, temperature 0.07, queue 65536, momentum 0.995,

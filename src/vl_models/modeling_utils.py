@@ -38,6 +38,34 @@ class VlPreTrainedModel(PreTrainedModel):
             if sub is not None and sub._attn_implementation is None:
                 sub._attn_implementation_internal = config._attn_implementation
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel"):
+        """No-op: transformers' copy of a class's source file cannot follow our package imports; checkpoints get
+        thin shims from `vl_models.hub.remote_code` instead."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        super().save_pretrained(save_directory, *args, **kwargs)
+        # a model loaded through remote code keeps `auto_map` in its config: keep the shims it points at
+        if kwargs.get("is_main_process", True) and getattr(self.config, "auto_map", None):
+            from .hub.remote_code import add_remote_code
+
+            add_remote_code(save_directory, self.config.model_type)
+
+    def post_init(self):
+        super().post_init()
+        self._frozen_parameter_names = [n for n, p in self.named_parameters() if not p.requires_grad]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # transformers loads every tensor into a new Parameter with requires_grad=True, which would unfreeze
+        # momentum teachers and unused projections (and break DDP on resume): freeze what the constructor froze
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        params = dict(model.named_parameters())
+        for name in model._frozen_parameter_names:
+            params[name].requires_grad_(False)
+        return loaded
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)

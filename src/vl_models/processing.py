@@ -421,6 +421,11 @@ class VlProcessor(ProcessorMixin):
         self.max_length = _positive_int("max_length", max_length)
         self._warned_truncation = False
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoProcessor"):
+        """No-op: transformers' copy of a class's source file cannot follow our package imports; checkpoints get
+        thin shims from `vl_models.hub.remote_code` instead."""
+
     @property
     def model_input_names(self) -> list[str]:
         text_names = [n for n in self.tokenizer.model_input_names if n != "token_type_ids"]

@@ -287,8 +287,10 @@ def sample_hard_negatives(sim_i2t, sim_t2i, generator=None):
         # a tiny floor keeps rows valid when the softmax underflows to exact zeros off the diagonal
         weights_t2i = sim_t2i.float().softmax(-1).masked_fill(eye, 0) + 1e-8 * ~eye
         weights_i2t = sim_i2t.float().softmax(-1).masked_fill(eye, 0) + 1e-8 * ~eye
-        neg_image = torch.multinomial(weights_t2i, 1, generator=generator).squeeze(1)
-        neg_text = torch.multinomial(weights_i2t, 1, generator=generator).squeeze(1)
+        # draw on the generator's device (a CPU generator cannot sample CUDA tensors), return on the batch's
+        draw = generator.device if generator is not None else sim_i2t.device
+        neg_image = torch.multinomial(weights_t2i.to(draw), 1, generator=generator).squeeze(1).to(sim_i2t.device)
+        neg_text = torch.multinomial(weights_i2t.to(draw), 1, generator=generator).squeeze(1).to(sim_i2t.device)
     return neg_image, neg_text
 
 

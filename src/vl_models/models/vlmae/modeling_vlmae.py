@@ -25,6 +25,9 @@ from .configuration_vlmae import VlmaeConfig
 class VlmaePreTrainedModel(VlPreTrainedModel):
     config_class = VlmaeConfig
     base_model_prefix = "vlmae"
+    # the decoder's image queries cross-attend to padded caption keys; transformers' flash path unpads queries
+    # with the key mask (equal lengths assumed), so flash stays off
+    _supports_flash_attn = False
 
 
 class VlmaeModel(AlignFuseModelMixin, VlmaePreTrainedModel):

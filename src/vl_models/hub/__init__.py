@@ -1,0 +1,49 @@
+"""Sharing checkpoints on the Hugging Face Hub: push with a model card and remote code, load task heads.
+
+`import vl_models` is enough for `AutoModel.from_pretrained("org/x")`; a repo pushed with `push_to_hub` also
+loads with `trust_remote_code=True` where vl_models is installed but not imported. See docs/hub.md.
+"""
+
+from .cards import (
+    PIPELINE_TAGS,
+    TASK_NAMES,
+    build_model_card,
+    eval_results,
+    load_results,
+    task_of,
+    validate_card,
+    widget_examples,
+)
+from .push import HubPushError, load_for_task, push_folder, push_to_hub, save_for_hub
+from .remote_code import (
+    add_remote_code,
+    auto_map,
+    method_of,
+    processor_auto_map,
+    require_version,
+    shim_files,
+    strip_remote_code,
+)
+
+__all__ = [
+    "PIPELINE_TAGS",
+    "TASK_NAMES",
+    "HubPushError",
+    "add_remote_code",
+    "auto_map",
+    "build_model_card",
+    "eval_results",
+    "load_for_task",
+    "load_results",
+    "method_of",
+    "processor_auto_map",
+    "push_folder",
+    "push_to_hub",
+    "require_version",
+    "save_for_hub",
+    "shim_files",
+    "strip_remote_code",
+    "task_of",
+    "validate_card",
+    "widget_examples",
+]
