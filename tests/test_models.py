@@ -284,6 +284,11 @@ def test_invalid_config_values_fail_when_built(method):
     if method == "vlmae":
         with pytest.raises(ConfigError, match="mask_ratio"):
             tiny(method, mask_ratio=1.0)
+    if method == "vq_mim":
+        with pytest.raises(ConfigError, match="mim_mask_ratio"):
+            tiny(method, mim_mask_ratio=1.0)
+        with pytest.raises(ConfigError, match="num_codes"):
+            tiny(method, num_codes=1)
 
 
 @pytest.mark.parametrize("method", METHODS)

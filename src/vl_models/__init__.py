@@ -36,6 +36,16 @@ from .models.vlmae import (
     VlmaeModel,
     VlmaeProcessor,
 )
+from .models.vq_mim import (
+    VqMimConfig,
+    VqMimForImagesAndTextClassification,
+    VqMimForImageTextRetrieval,
+    VqMimForPreTraining,
+    VqMimForQuestionAnswering,
+    VqMimForVisualGrounding,
+    VqMimModel,
+    VqMimProcessor,
+)
 from .presets import SIZES
 from .processing import VlImageProcessor, VlProcessor, default_tokenizer, load_tokenizer, train_tokenizer
 from .registry import build, build_processor, get_config, get_method, list_methods
@@ -73,6 +83,14 @@ __all__ = [
     "VlmaeForVisualGrounding",
     "VlmaeModel",
     "VlmaeProcessor",
+    "VqMimConfig",
+    "VqMimForImagesAndTextClassification",
+    "VqMimForImageTextRetrieval",
+    "VqMimForPreTraining",
+    "VqMimForQuestionAnswering",
+    "VqMimForVisualGrounding",
+    "VqMimModel",
+    "VqMimProcessor",
     "build",
     "build_processor",
     "default_tokenizer",
