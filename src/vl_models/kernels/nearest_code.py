@@ -22,10 +22,11 @@ import torch.nn.functional as F
 
 from vl_models.utils import check_tensor, describe
 
-# Largest number of float32 scores one chunk may hold (4 MiB): large enough for an efficient GEMM,
-# small enough that the score block stays in cache while it is reduced (measured best of 1, 2, 8
-# Mi scores at N=1e4, K=8192, D=32 on the 2-core dev CPU).
-SCORE_BUDGET = 1 << 20
+# Largest number of float32 scores one chunk may hold (16 MiB). On a quiet 2-core CPU 1-16 Mi
+# scores ran within ~10% of each other (N=1e4, K=8192, D=32); on a shared, oversubscribed one every
+# op of every chunk waits at an OpenMP barrier for a descheduled thread, and 1 Mi was 2.5x slower
+# than 4 Mi. 4 Mi keeps the bound small and the chunk count low.
+SCORE_BUDGET = 1 << 22
 # The argmin is taken in two steps: the minimum of each group of GROUP consecutive codes (a
 # vectorised `amin`), then the argmin inside the winning group. `argmin` over a long row is several
 # times slower than `amin` on CPU, and this keeps "first index wins" on exact ties.
