@@ -1,0 +1,206 @@
+"""Fine-tune a pre-trained model on a downstream task: retrieval, VQA, visual grounding or NLVR2.
+
+    accelerate launch examples/finetune.py --task vqa --model_name_or_path outputs/pretrain-vlmae-small
+    accelerate launch examples/finetune.py --task retrieval --model_name_or_path org/vlmae-base \\
+        --data /data/coco/dataset_coco.json --image_dir /data/coco
+
+The task head starts from scratch; the backbone comes from the pre-training folder or Hub id. Shapes is the
+default data; other data goes through the readers of `vl_models.data` (docs/training.md lists the flags).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoProcessor
+
+import vl_models
+from vl_models.data.collators import accepts
+from vl_models.training import (
+    FINETUNE_DEFAULTS,
+    PRIMARY_METRIC,
+    LossMeter,
+    Throughput,
+    add_data_args,
+    add_training_args,
+    apply_presets,
+    build_optimizer,
+    build_scheduler,
+    data_kwargs,
+    default_output_dir,
+    eval_dataloader,
+    evaluate_classification,
+    evaluate_retrieval,
+    load_checkpoint,
+    load_quietly,
+    load_task_data,
+    make_accelerator,
+    make_dataloader,
+    optimizer_step,
+    push_to_hub,
+    resolve_checkpoint,
+    run_cli,
+    run_config,
+    save_checkpoint,
+    save_final,
+    schedule,
+    setup_logging,
+    step_generator,
+    task_collator,
+    user_errors,
+    write_results,
+)
+
+logger = logging.getLogger("finetune")
+TASKS = ("retrieval", "vqa", "grounding", "nlvr2")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=TASKS, help="the downstream task")
+    parser.add_argument("--model_name_or_path", required=True, help="pre-trained model folder or Hub id")
+    add_data_args(parser)
+    add_training_args(parser)
+    args = parser.parse_args(argv)
+    apply_presets(args, FINETUNE_DEFAULTS)
+    args.output_dir = Path(args.output_dir or default_output_dir("finetune", args.task))
+    return args
+
+
+def load_model(args, answers):
+    """The task class of the checkpoint's method; VQA gets the answer vocabulary of the data as labels."""
+    config = AutoConfig.from_pretrained(args.model_name_or_path)
+    task_class = vl_models.get_method(config.model_type).task_classes[args.task]
+    kwargs = {"attn_implementation": args.attn_implementation}
+    if args.task == "vqa":
+        kwargs["id2label"] = dict(enumerate(answers))
+        kwargs["label2id"] = {a: i for i, a in enumerate(answers)}
+    model, info = load_quietly(task_class.from_pretrained, args.model_name_or_path, **kwargs)
+    logger.info("loaded %s from %s: %d new task-head tensors, %d pre-training-only tensors left out",
+                task_class.__name__, args.model_name_or_path, len(info["missing_keys"]), len(info["unexpected_keys"]))
+    return model, AutoProcessor.from_pretrained(args.model_name_or_path)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args, args.output_dir / "logs")
+    setup_logging(accelerator)
+    set_seed(args.seed)
+    data, info = load_task_data(args.task, args.data, splits=("train", "validation"), seed=args.seed,
+                                **data_kwargs(args))
+    with user_errors(f"--model_name_or_path {args.model_name_or_path}", OSError):
+        model, processor = load_model(args, info.get("answers"))
+    num_labels = model.config.num_labels if args.task == "vqa" else None
+    collator = task_collator(args.task, processor, num_labels=num_labels, train=True, seed=args.seed)
+    train_dl = make_dataloader(data["train"], collator, args.per_device_train_batch_size, seed=args.seed,
+                               drop_last=True, num_workers=args.num_workers)
+    eval_dl = eval_dataloader(args.task, data["validation"], processor, args.per_device_eval_batch_size,
+                              num_labels=num_labels) if args.task != "retrieval" else None
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    model_class = type(model)
+    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    eval_dl = accelerator.prepare(eval_dl) if eval_dl is not None else None
+    per_epoch, total = schedule(args, len(train_dl))
+    warmup = args.num_warmup_steps if args.num_warmup_steps is not None else total // 10
+    scheduler = build_scheduler(optimizer.optimizer, warmup, total, name=args.lr_scheduler_type)
+    accelerator.register_for_checkpointing(scheduler)
+    checkpoint_dir = args.output_dir / "checkpoints"
+    step = 0
+    with user_errors("--resume_from_checkpoint"):
+        resume = resolve_checkpoint(args.resume_from_checkpoint, checkpoint_dir)
+    if resume is not None:
+        step = load_checkpoint(accelerator, resume)["step"]
+
+    def evaluate() -> dict:
+        if args.task == "retrieval":
+            metrics = {}
+            if accelerator.is_main_process:
+                with accelerator.autocast():
+                    metrics = evaluate_retrieval(accelerator.unwrap_model(model), processor, data["validation"],
+                                                 accelerator.device, k=args.itm_k, max_images=args.eval_max_images)
+                model.train()
+            accelerator.wait_for_everyone()
+        else:
+            with accelerator.autocast():
+                metrics = evaluate_classification(args.task, model, eval_dl, accelerator)
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        if metrics:
+            logger.info("update %d: validation %s %.4f", step, PRIMARY_METRIC[args.task],
+                        metrics[PRIMARY_METRIC[args.task]])
+        return metrics
+
+    accelerator.init_trackers(f"finetune-{args.task}", config=run_config(args))
+    accelerator.log({"data/train_examples": len(data["train"]), "data/skipped_images": info["skipped_images"]},
+                    step=step)
+    meter, speed, metrics = LossMeter(), Throughput(), {}
+    bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=args.task)
+    micro_step, start_epoch = step * args.gradient_accumulation_steps, step // per_epoch
+    takes_generator = accepts(model_class, "generator")
+    model.train()
+    for epoch in range(start_epoch, args.num_train_epochs):
+        train_dl.set_epoch(epoch)
+        collator.set_epoch(epoch)
+        skip = (step - epoch * per_epoch) * args.gradient_accumulation_steps if epoch == start_epoch else 0
+        for batch in accelerator.skip_first_batches(train_dl, skip) if skip else train_dl:
+            with accelerator.accumulate(model):
+                if takes_generator:
+                    batch["generator"] = step_generator(args.seed, micro_step, accelerator.process_index,
+                                                        accelerator.device)
+                out = model(**batch)
+                accelerator.backward(out.loss)
+                micro_step += 1
+                meter.update(out)
+                speed.update(batch["input_ids"].shape[0] * accelerator.num_processes)
+                if accelerator.sync_gradients:
+                    grad_norm, _ = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if step % args.logging_steps == 0 or step == total:
+                values = meter.mean(accelerator)
+                accelerator.log({**values, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                                 "epoch": epoch, "samples_per_s": speed.rate()}, step=step)
+                bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, checkpoint_dir, step, {"epoch": epoch, "args": vars(args)},
+                                args.checkpoints_total_limit)
+                speed.reset()
+            if args.eval_steps and step % args.eval_steps == 0:
+                metrics = evaluate()
+                speed.reset()
+            if step >= total:
+                break
+        if step >= total:
+            break
+    bar.close()
+    if not (args.eval_steps and step % args.eval_steps == 0):
+        metrics = evaluate()
+    save_final(accelerator, model, processor, args.output_dir)
+    if accelerator.is_main_process:
+        write_results(args.output_dir / "eval_results.json",
+                      [{"task": args.task, "dataset": args.data, "split": "validation", "metrics": metrics}])
+        logger.info("saved the fine-tuned model and processor to %s", args.output_dir)
+        if args.push_to_hub:
+            logger.info("pushed to %s", push_to_hub(accelerator.unwrap_model(model), processor, args.hub_model_id,
+                                                     args.hub_private_repo, args.output_dir / "eval_results.json"))
+    accelerator.end_training()
+    return {"step": step, "metrics": metrics, "output_dir": str(args.output_dir)}
+
+
+if __name__ == "__main__":
+    run_cli(main)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # see examples/pretrain.py
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

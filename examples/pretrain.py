@@ -1,0 +1,248 @@
+"""Pre-train a vision-language model on image-caption pairs with accelerate.
+
+    accelerate launch examples/pretrain.py --method vlmae --size small --data shapes
+    accelerate launch --config_file examples/accelerate_configs/ddp.yaml examples/pretrain.py \\
+        --method albef --size base --data /data/coco/dataset_coco.json --image_dir /data/coco
+
+Every objective of the method is trained at once (the model sums them with its config's weights); masks come
+from the collator, seeded per sample, and negatives from a generator seeded per step, so a run resumed with
+`--resume_from_checkpoint latest` continues exactly where it stopped. Docs: docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+import vl_models
+from vl_models.data.collators import PreTrainingCollator, accepts
+from vl_models.presets import SIZES, merge, tower_preset
+from vl_models.processing import build_processor
+from vl_models.training import (
+    TRAINING_PRESETS,
+    LossMeter,
+    Throughput,
+    UserError,
+    add_training_args,
+    apply_presets,
+    build_optimizer,
+    build_scheduler,
+    default_output_dir,
+    load_captions,
+    load_checkpoint,
+    make_accelerator,
+    make_dataloader,
+    optimizer_step,
+    parse_overrides,
+    push_to_hub,
+    ramp,
+    resolve_checkpoint,
+    retrieval_inputs,
+    run_cli,
+    run_config,
+    save_checkpoint,
+    save_final,
+    schedule,
+    setup_logging,
+    step_generator,
+    user_errors,
+    write_results,
+    zero_shot_retrieval,
+)
+
+logger = logging.getLogger("pretrain")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_argument_group("model")
+    g.add_argument("--method", default="vlmae", choices=vl_models.list_methods(), help="the VLP method")
+    g.add_argument("--size", default="small", choices=SIZES, help="size preset of the model and of the defaults")
+    g.add_argument("--config_overrides", default=None,
+                   help="config fields to change, e.g. 'queue_size=0,text_config.hidden_dropout_prob=0'")
+    g.add_argument("--model_name_or_path", default=None, help="continue from a pre-training checkpoint (folder/Hub)")
+    g.add_argument("--text_tower", default=None, help="initialise the text towers from a BERT-style checkpoint")
+    g.add_argument("--vision_tower", default=None, help="initialise the image tower from a transformers ViT")
+    g.add_argument("--tokenizer", default=None,
+                   help="BERT-style tokenizer (path/Hub id); default: --text_tower's, else the built-in one")
+    g.add_argument("--max_length", type=int, default=40, help="caption length in tokens, [CLS] and [SEP] included")
+    g.add_argument("--alpha_warmup_steps", type=int, default=None,
+                   help="ramp the distillation weight alpha from 0 over N updates (default: one epoch, as ALBEF)")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", default="shapes",
+                   help="'shapes', a Karpathy-style captions .json, an image folder with metadata.jsonl, or .parquet")
+    g.add_argument("--image_dir", default=None, help="image root of a captions .json (default: the file's folder)")
+    g.add_argument("--num_train_images", type=int, default=2000, help="Shapes: training images")
+    g.add_argument("--num_val_images", type=int, default=200, help="Shapes: validation images")
+    g.add_argument("--shapes_image_size", type=int, default=64, help="Shapes: rendered image side in pixels")
+    g.add_argument("--validation_fraction", type=float, default=0.05,
+                   help="held out for validation when the data has no validation split")
+    g.add_argument("--eval_max_images", type=int, default=1000, help="validation images used by zero-shot eval")
+    add_training_args(parser)
+    args = parser.parse_args(argv)
+    apply_presets(args, TRAINING_PRESETS[args.size])
+    args.output_dir = Path(args.output_dir or default_output_dir("pretrain", args.method, args.size))
+    return args
+
+
+def build_model(args):
+    """(model, processor) from a checkpoint, from unimodal towers, or from the size preset."""
+    spec = vl_models.get_method(args.method)
+    overrides = parse_overrides(args.config_overrides)
+    attn = {"attn_implementation": args.attn_implementation}
+    if args.model_name_or_path:
+        from transformers import AutoProcessor
+
+        model = spec.pretraining_class.from_pretrained(args.model_name_or_path, **attn, **overrides)
+        return model, AutoProcessor.from_pretrained(args.model_name_or_path)
+    if args.text_tower or args.vision_tower:
+        preset = merge(tower_preset(args.size), spec.presets.get(args.size, {}))
+        kwargs = merge({k: v for k, v in preset.items() if k not in ("vision_config", "text_config")}, overrides)
+        model = spec.pretraining_class.from_pretrained_towers(text=args.text_tower, vision=args.vision_tower, **kwargs)
+    else:
+        config = vl_models.get_config(args.method, args.size, **overrides)
+        model = spec.pretraining_class._from_config(config, **attn)
+    tokenizer = args.tokenizer or args.text_tower
+    processor = build_processor(spec.processor_class, image_size=model.config.vision_config.image_size,
+                                tokenizer=tokenizer, max_length=args.max_length)
+    if len(processor.tokenizer) > model.config.text_config.vocab_size:
+        raise UserError(f"the tokenizer has {len(processor.tokenizer)} tokens but the model's vocabulary only "
+                        f"{model.config.text_config.vocab_size}; pass a matching --tokenizer")
+    return model, processor
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args, args.output_dir / "logs")
+    setup_logging(accelerator)
+    set_seed(args.seed)
+    with user_errors("model", OSError):
+        model, processor = build_model(args)
+    config, model_class = model.config, type(model)
+    data, info = load_captions(args.data, image_dir=args.image_dir, num_train=args.num_train_images,
+                               num_val=args.num_val_images, image_size=args.shapes_image_size, seed=args.seed,
+                               validation_fraction=args.validation_fraction)
+    collator = PreTrainingCollator(processor, config, model_class, seed=args.seed, max_length=args.max_length)
+    batch_size = args.per_device_train_batch_size
+    train_dl = make_dataloader(data["train"], collator, batch_size, seed=args.seed, drop_last=True,
+                               num_workers=args.num_workers)  # equal batches on every rank: ITC gathers them
+    if len(data["train"]) < batch_size * accelerator.num_processes or batch_size < 2:
+        raise UserError(f"--data {args.data}: {len(data['train'])} training pairs cannot fill one batch of "
+                        f"{batch_size} (>= 2) per process on {accelerator.num_processes} processes")
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    per_epoch, total = schedule(args, len(train_dl))
+    scheduler = build_scheduler(optimizer.optimizer, args.num_warmup_steps, total, name=args.lr_scheduler_type)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by us once per update, saved with the state
+    alpha_steps = per_epoch if args.alpha_warmup_steps is None else args.alpha_warmup_steps
+    ramp_alpha = accepts(model_class, "alpha") and hasattr(config, "alpha")
+    checkpoint_dir = args.output_dir / "checkpoints"
+
+    step = 0
+    with user_errors("--resume_from_checkpoint"):
+        resume = resolve_checkpoint(args.resume_from_checkpoint, checkpoint_dir)
+    if resume is not None:
+        step = load_checkpoint(accelerator, resume)["step"]
+        logger.info("resumed from %s at update %d", resume, step)
+    val_inputs = retrieval_inputs(data["validation"], processor, args.eval_max_images) \
+        if accelerator.is_main_process and len(data["validation"]) else None
+
+    def evaluate() -> dict:
+        metrics = {}
+        if val_inputs is not None:
+            with accelerator.autocast():
+                metrics = zero_shot_retrieval(accelerator.unwrap_model(model), val_inputs, accelerator.device)
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+            logger.info("update %d: zero-shot retrieval R@1 text->image %.3f image->text %.3f (chance %.3f)",
+                        step, metrics["text_to_image_r1"], metrics["image_to_text_r1"],
+                        metrics["chance_text_to_image_r1"])
+        accelerator.wait_for_everyone()
+        return metrics
+
+    accelerator.init_trackers("pretrain", config=run_config(args, num_parameters=model_size(model)))
+    accelerator.log({"data/train_pairs": len(data["train"]), "data/skipped_images": info["skipped_images"]},
+                    step=step)
+    logger.info("%s-%s: %.2fM trainable parameters, %d training images, %d updates (%d per epoch), "
+                "batch %d x %d processes x %d accumulation", args.method, args.size, model_size(model) / 1e6,
+                len(data["train"]), total, per_epoch, batch_size, accelerator.num_processes,
+                args.gradient_accumulation_steps)
+    meter, speed, metrics = LossMeter(), Throughput(), {}
+    bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc="pre-training")
+    micro_step, start_epoch = step * args.gradient_accumulation_steps, step // per_epoch
+    model.train()
+    for epoch in range(start_epoch, args.num_train_epochs):
+        train_dl.set_epoch(epoch)
+        collator.set_epoch(epoch)
+        skip = (step - epoch * per_epoch) * args.gradient_accumulation_steps if epoch == start_epoch else 0
+        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
+        for batch in loader:
+            with accelerator.accumulate(model):
+                extra = {"alpha": ramp(config.alpha, step, alpha_steps)} if ramp_alpha else {}
+                generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+                out = model(**batch, generator=generator, **extra)
+                accelerator.backward(out.loss)
+                micro_step += 1
+                meter.update(out)
+                speed.update(batch["input_ids"].shape[0] * accelerator.num_processes)
+                if accelerator.sync_gradients:
+                    grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if skipped:
+                logger.warning("update %d skipped: non-finite gradient norm", step)
+            if step % args.logging_steps == 0 or step == total:
+                values = meter.mean(accelerator)
+                values.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch,
+                              samples_per_s=speed.rate(), **extra)
+                accelerator.log(values, step=step)
+                bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, checkpoint_dir, step, {"epoch": epoch, "args": vars(args)},
+                                args.checkpoints_total_limit)
+                speed.reset()
+            if args.eval_steps and step % args.eval_steps == 0:
+                metrics = evaluate()
+                speed.reset()
+            if step >= total:
+                break
+        if step >= total:
+            break
+    bar.close()
+    if not (args.eval_steps and step % args.eval_steps == 0):
+        metrics = evaluate()
+    save_final(accelerator, model, processor, args.output_dir)
+    if accelerator.is_main_process:
+        write_results(args.output_dir / "eval_results.json", [
+            {"task": "retrieval", "zero_shot": True, "dataset": args.data, "split": "validation",
+             "metrics": metrics}])
+        logger.info("saved the model and processor to %s", args.output_dir)
+        if args.push_to_hub:
+            logger.info("pushed to %s", push_to_hub(accelerator.unwrap_model(model), processor, args.hub_model_id,
+                                                     args.hub_private_repo, args.output_dir / "eval_results.json"))
+    accelerator.end_training()
+    return {"step": step, "metrics": metrics, "output_dir": str(args.output_dir)}
+
+
+def model_size(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+if __name__ == "__main__":
+    run_cli(main)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # avoids a rare SIGABRT at interpreter exit after DDP on CPU (gloo); see docs/training.md
+        torch.distributed.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,0 +1,287 @@
+"""Collators: rows of a data set -> model inputs, with the masks and labels each method or task needs.
+
+Randomness (which caption of an image, which tokens and patches are masked) comes from one
+`torch.Generator` per sample, seeded by `(seed, epoch, sample index)`. A sample therefore gets the same
+masks whatever batch, process or data-loader worker it lands in, and a run resumed mid-epoch draws exactly
+what the uninterrupted run drew. `WithIndex` adds the index to each row (and hands images over undecoded, so
+the collator can skip an unreadable one and count it instead of crashing the loader).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import logging
+
+import datasets
+import torch
+from PIL import Image
+
+from ..layers.masking import block_masking, mask_text, num_kept, random_masking
+
+logger = logging.getLogger(__name__)
+
+INDEX_KEY = "__index__"
+
+
+def sample_seed(*keys) -> int:
+    """A 63-bit seed from any keys (ints, strings): stable across processes and Python runs."""
+    digest = hashlib.blake2b("/".join(map(str, keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(sample_seed("sample", seed, epoch, index))
+
+
+class WithIndex(torch.utils.data.Dataset):
+    """A `datasets.Dataset` as a torch data set whose rows carry their index (`INDEX_KEY`).
+
+    With `decode_images=False` the image columns come as `{"bytes", "path"}` dicts that the collators decode,
+    so one corrupt file is skipped (and counted) rather than failing the whole data loader.
+    """
+
+    def __init__(self, ds: datasets.Dataset, decode_images: bool = False):
+        if not decode_images:
+            for name, feature in ds.features.items():
+                if isinstance(feature, datasets.Image):
+                    ds = ds.cast_column(name, datasets.Image(decode=False))
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.ds[int(index)], INDEX_KEY: int(index)}
+
+
+def load_image(value) -> Image.Image | None:
+    """A PIL image from a decoded image, an `{"bytes", "path"}` dict or a path; None when it does not decode."""
+    if isinstance(value, Image.Image):
+        return value
+    try:
+        if isinstance(value, dict):
+            source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+        else:
+            source = value
+        if source is None:
+            return None
+        with Image.open(source) as image:
+            image.load()
+            return image.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def _describe(value, index) -> str:
+    path = value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
+    return f"{path} (row {index})" if path else f"row {index}"
+
+
+def accepts(model_class, name: str) -> bool:
+    """Whether `model_class.forward` takes the keyword `name`."""
+    return model_class is not None and name in inspect.signature(model_class.forward).parameters
+
+
+class _Collator:
+    """Shared parts: per-sample generators, image decoding with skip-and-count, text/image processing."""
+
+    image_keys: tuple[str, ...] = ("image",)
+
+    def __init__(self, processor, *, seed: int = 0, max_length: int | None = None):
+        self.processor = processor
+        self.seed = int(seed)
+        self.max_length = max_length
+        self.epoch = 0
+        self.num_skipped = 0  # rows dropped because an image did not decode (in this process)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _generator(self, row: dict, position: int) -> torch.Generator:
+        # without WithIndex the position in the batch stands in: reproducible, but not across resumes
+        return sample_generator(self.seed, self.epoch, row.get(INDEX_KEY, position))
+
+    def _readable(self, rows: list[dict]) -> tuple[list[dict], list[list[Image.Image]]]:
+        kept, images = [], []
+        for position, row in enumerate(rows):
+            decoded = [load_image(row[key]) for key in self.image_keys]
+            if any(image is None for image in decoded):
+                self.num_skipped += 1
+                bad = next(row[k] for k, im in zip(self.image_keys, decoded) if im is None)
+                logger.warning("skipped an unreadable image: %s (%d skipped so far)",
+                               _describe(bad, row.get(INDEX_KEY, position)), self.num_skipped)
+                continue
+            kept.append(row)
+            images.append(decoded)
+        if not kept:
+            raise ValueError(f"every image of this batch of {len(rows)} rows failed to decode")
+        return kept, images
+
+    def _encode(self, images: list, texts: list[str]) -> dict:
+        return dict(self.processor(images=images, text=texts, max_length=self.max_length, return_tensors="pt"))
+
+
+def _caption(row: dict, generator: torch.Generator | None) -> str:
+    """The row's caption: `caption` (str) or one of `captions`, drawn from `generator` (None: the first)."""
+    if "caption" in row:
+        return row["caption"]
+    captions = row["captions"]
+    if generator is None or len(captions) == 1:
+        return captions[0]
+    return captions[int(torch.randint(len(captions), (1,), generator=generator))]
+
+
+class PreTrainingCollator(_Collator):
+    """Image-caption rows (`image` + `captions` or `caption`) -> `pixel_values`, `input_ids`, `attention_mask`,
+    and for the method's objectives `mlm_input_ids` / `mlm_labels` (BERT masking at `config.mlm_probability`)
+    and an image mask: `image_mask` (MAE random masking at `config.mask_ratio`) or `bool_masked_pos` (BEiT
+    block masking), whichever keyword `model_class.forward` takes.
+
+    text_masking / image_masking: None = decide from `config` and `model_class`; False = never. image_masking
+    may also be "random" or "block".
+    """
+
+    def __init__(self, processor, config, model_class=None, *, text_masking: bool | None = None,
+                 image_masking: str | bool | None = None, seed: int = 0, max_length: int | None = None):
+        super().__init__(processor, seed=seed, max_length=max_length)
+        self.config = config
+        if text_masking is None:
+            text_masking = hasattr(config, "mlm_probability") and (
+                model_class is None or accepts(model_class, "mlm_input_ids"))
+        self.text_masking = bool(text_masking)
+        self.image_mask_key, self.image_masking = self._image_masking(config, model_class, image_masking)
+
+    @staticmethod
+    def _image_masking(config, model_class, image_masking):
+        if image_masking is False:
+            return None, None
+        key = next((k for k in ("image_mask", "bool_masked_pos") if accepts(model_class, k)), None)
+        if image_masking is None:
+            if key is None or not hasattr(config, "mask_ratio"):
+                return None, None
+            image_masking = "random" if key == "image_mask" else "block"
+        if image_masking not in ("random", "block"):
+            raise ValueError(f"`image_masking` must be None, False, 'random' or 'block', got {image_masking!r}")
+        if not hasattr(config, "mask_ratio"):
+            raise ValueError(f"`image_masking`={image_masking!r} needs `config.mask_ratio`, which "
+                             f"{type(config).__name__} does not have")
+        return key or "image_mask", image_masking
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rows, images = self._readable(rows)
+        generators = [self._generator(row, i) for i, row in enumerate(rows)]
+        texts = [_caption(row, g) for row, g in zip(rows, generators)]
+        batch = self._encode([im[0] for im in images], texts)
+        if self.text_masking:
+            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_text(batch, generators)
+        if self.image_masking is not None:
+            batch[self.image_mask_key] = torch.cat([self._mask_image(g) for g in generators])  # [B, N]
+        return batch
+
+    def _mask_text(self, batch, generators):
+        text = self.config.text_config
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        masked, labels = ids.clone(), torch.full_like(ids, -100)
+        for i, generator in enumerate(generators):
+            # mask the unpadded row, so the draws do not depend on the batch's padded length
+            length = int(attention[i].sum())
+            row_ids, row_labels = mask_text(
+                ids[i : i + 1, :length], mask_token_id=text.mask_token_id, vocab_size=text.vocab_size,
+                special_token_ids=text.special_token_ids, probability=self.config.mlm_probability,
+                generator=generator,
+            )
+            masked[i, :length], labels[i, :length] = row_ids[0], row_labels[0]
+        return masked, labels
+
+    def _mask_image(self, generator) -> torch.Tensor:
+        vision = self.config.vision_config
+        num_patches = vision.num_patches
+        if self.image_masking == "random":
+            return random_masking(1, num_patches, self.config.mask_ratio, generator=generator).mask  # [1, N]
+        side = vision.image_size // vision.patch_size
+        num_masked = num_patches - num_kept(num_patches, self.config.mask_ratio)
+        return block_masking(1, (side, side), num_masked, generator=generator)
+
+
+class RetrievalCollator(_Collator):
+    """Image-caption rows -> one (image, caption) pair each. `random_caption`: draw one of the image's captions
+    per sample and epoch (training); otherwise the first one."""
+
+    def __init__(self, processor, *, random_caption: bool = True, seed: int = 0, max_length: int | None = None):
+        super().__init__(processor, seed=seed, max_length=max_length)
+        self.random_caption = random_caption
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rows, images = self._readable(rows)
+        texts = [_caption(row, self._generator(row, i) if self.random_caption else None)
+                 for i, row in enumerate(rows)]
+        return self._encode([im[0] for im in images], texts)
+
+
+class VqaCollator(_Collator):
+    """VQA rows (`image`, `question`, `labels` answer ids, `scores`) -> inputs + `labels` soft scores [B, A]."""
+
+    def __init__(self, processor, num_labels: int, *, max_length: int | None = None):
+        super().__init__(processor, max_length=max_length)
+        if num_labels < 1:
+            raise ValueError(f"`num_labels` must be >= 1, got {num_labels}")
+        self.num_labels = num_labels
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rows, images = self._readable(rows)
+        batch = self._encode([im[0] for im in images], [row["question"] for row in rows])
+        targets = torch.zeros(len(rows), self.num_labels)  # [B, A]
+        for i, row in enumerate(rows):
+            for label, score in zip(row["labels"], row["scores"]):
+                if not 0 <= label < self.num_labels:
+                    raise ValueError(f"row {row.get(INDEX_KEY, i)}: answer id {label} is outside the "
+                                     f"vocabulary of {self.num_labels} answers")
+                targets[i, label] = max(float(targets[i, label]), float(score))
+        batch["labels"] = targets
+        return batch
+
+
+class GroundingCollator(_Collator):
+    """Grounding rows (`image`, `expression`, `box` normalised cxcywh) -> inputs + `labels` boxes [B, 4]."""
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rows, images = self._readable(rows)
+        batch = self._encode([im[0] for im in images], [row["expression"] for row in rows])
+        batch["labels"] = torch.tensor([row["box"] for row in rows], dtype=torch.float32)  # [B, 4]
+        return batch
+
+
+class Nlvr2Collator(_Collator):
+    """NLVR2 rows (`image_left`, `image_right`, `sentence`, `label`) -> `pixel_values` [B, 2, C, H, W],
+    the sentence's `input_ids` / `attention_mask`, `labels` [B] (1 = true)."""
+
+    image_keys = ("image_left", "image_right")
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rows, images = self._readable(rows)
+        batch = self._encode([pair[0] for pair in images], [row["sentence"] for row in rows])
+        right = self.processor(images=[pair[1] for pair in images], return_tensors="pt")["pixel_values"]
+        batch["pixel_values"] = torch.stack([batch["pixel_values"], right], dim=1)  # [B, 2, C, H, W]
+        batch["labels"] = torch.tensor([int(row["label"]) for row in rows], dtype=torch.long)
+        return batch
+
+
+TASK_COLLATORS = {"retrieval": RetrievalCollator, "vqa": VqaCollator, "grounding": GroundingCollator,
+                  "nlvr2": Nlvr2Collator}
+
+__all__ = [
+    "INDEX_KEY",
+    "TASK_COLLATORS",
+    "GroundingCollator",
+    "Nlvr2Collator",
+    "PreTrainingCollator",
+    "RetrievalCollator",
+    "VqaCollator",
+    "WithIndex",
+    "accepts",
+    "load_image",
+    "sample_generator",
+    "sample_seed",
+]

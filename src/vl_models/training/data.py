@@ -1,0 +1,247 @@
+"""Data for the example scripts: what `--data` names, turned into `datasets` splits, and the data loaders.
+
+`--data shapes` is the built-in benchmark; otherwise the readers of `vl_models.data` read files on disk.
+Every failure to read them (a missing path, malformed JSON, a record without a field) surfaces as a
+`UserError`, which the scripts print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import datasets
+import torch
+
+from ..data import (
+    build_shapes,
+    filter_readable_images,
+    read_image_folder,
+    read_karpathy_captions,
+    read_nlvr2,
+    read_parquet,
+    read_refcoco,
+    read_vqav2,
+    select_task,
+)
+from ..data.collators import WithIndex
+
+logger = logging.getLogger(__name__)
+
+SHAPES_TASK = {"captions": "captions", "retrieval": "captions", "vqa": "vqa", "grounding": "grounding",
+               "nlvr2": "nlvr2"}
+KARPATHY_SPLITS = {"train": ("train", "restval"), "validation": ("val",), "test": ("test",)}
+REFCOCO_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+
+class UserError(Exception):
+    """Bad input from the command line or the data: printed without a traceback, exit status 2."""
+
+
+_INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, json.JSONDecodeError)
+
+
+@contextmanager
+def user_errors(what: str, *extra: type[Exception]):
+    """Turn the readers' errors (which name the file, the record and the field) into a `UserError`; `extra`
+    adds exception types (OSError for `from_pretrained` of a path or Hub id that is not there)."""
+    try:
+        yield
+    except (*_INPUT_ERRORS, *extra) as error:
+        raise UserError(f"{what}: {error}") from error
+
+
+def run_cli(main, argv=None):
+    """Run `main(argv)`; a `UserError` prints `error: <message>` on stderr and exits with status 2."""
+    try:
+        return main(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _drop_unreadable(ds: datasets.Dataset, name: str) -> tuple[datasets.Dataset, int]:
+    before = len(ds)
+    ds = filter_readable_images(ds)  # logs a warning naming the first files
+    if len(ds) < before:
+        logger.warning("%s: skipped %d of %d rows with unreadable images", name, before - len(ds), before)
+    return ds, before - len(ds)
+
+
+def _check_path(data: str) -> Path:
+    path = Path(data)
+    if not path.exists():
+        raise FileNotFoundError(f"path does not exist: {path}")
+    return path
+
+
+def _hold_out(ds: datasets.Dataset, fraction: float, seed: int) -> dict[str, datasets.Dataset]:
+    count = max(1, round(len(ds) * fraction)) if len(ds) > 1 else 0
+    parts = ds.train_test_split(test_size=count, seed=seed, shuffle=True) if count else {"train": ds, "test": ds}
+    return {"train": parts["train"], "validation": parts["test"]}
+
+
+def _caption_files(data: str, image_dir: str | None, splits, fraction: float, seed: int) -> dict:
+    path = _check_path(data)
+    if path.is_dir():
+        return _hold_out(read_image_folder(path, check_images=False), fraction, seed)
+    if path.suffix == ".parquet":
+        return _hold_out(read_parquet(path, check_images=False), fraction, seed)
+    if path.suffix == ".json":
+        full = read_karpathy_captions(path, image_dir or path.parent, check_images=False)
+        out = {s: full.filter(lambda r, k=KARPATHY_SPLITS[s]: r in k, input_columns="split") for s in splits}
+        if "validation" in out and len(out["validation"]) == 0:  # no "val" records: hold some out
+            out.update(_hold_out(out.get("train", full), fraction, seed))
+        return out
+    raise ValueError(f"expected 'shapes', a Karpathy-style .json file, a folder with metadata.jsonl or a "
+                     f".parquet file, got {path}")
+
+
+def load_captions(data: str, *, image_dir: str | None = None, splits=("train", "validation"),
+                  num_train: int = 1000, num_val: int = 200, num_test: int = 200, image_size: int = 64,
+                  seed: int = 0, validation_fraction: float = 0.05) -> tuple[datasets.DatasetDict, dict]:
+    """Image-caption data (`image`, `captions`) for pre-training and retrieval -> (splits, info).
+
+    data: "shapes" (the built-in benchmark), a Karpathy-split JSON (splits from its records; images under
+    `image_dir`, default the JSON's folder), a folder with images + metadata.jsonl, or a parquet file (the last
+    two hold out `validation_fraction` as the validation split). Rows with unreadable images are dropped and
+    counted: `info["skipped_images"]`.
+    """
+    return load_task_data("captions", data, image_dir=image_dir, splits=splits, num_train=num_train,
+                          num_val=num_val, num_test=num_test, image_size=image_size, seed=seed,
+                          validation_fraction=validation_fraction)
+
+
+def load_task_data(task: str, data: str, *, splits=("train", "validation"), image_dir: str | None = None,
+                   annotations_file: str | None = None, instances_file: str | None = None,
+                   validation_data: str | None = None, validation_annotations_file: str | None = None,
+                   answer_vocab: list[str] | None = None, num_train: int = 1000, num_val: int = 200,
+                   num_test: int = 200, image_size: int = 64, seed: int = 0,
+                   validation_fraction: float = 0.05) -> tuple[datasets.DatasetDict, dict]:
+    """The splits of one task -> (DatasetDict, info). Formats per task (docs/training.md):
+
+    - captions / retrieval: see `load_captions`.
+    - vqa: `data` = VQAv2 questions JSON with `annotations_file` (train); `validation_data` +
+      `validation_annotations_file` for evaluation. The answer vocabulary comes from the train annotations
+      unless `answer_vocab` (e.g. a fine-tuned model's labels) is given.
+    - grounding: `data` = RefCOCO refs (JSON or pickle) with `instances_file`; splits train / val / test.
+    - nlvr2: `data` = the train JSON lines, `validation_data` = dev (or test) JSON lines.
+    """
+    if task not in SHAPES_TASK:
+        raise UserError(f"--task must be one of {sorted(SHAPES_TASK)}, got {task!r}")
+    with user_errors(f"--data {data}"):
+        if data == "shapes":
+            sizes = {"train": num_train, "validation": num_val, "test": num_test}
+            need = {s: (sizes[s] if s in splits else 0) for s in sizes}
+            built = build_shapes(need["train"], need["validation"], need["test"], image_size=image_size,
+                                 seed=seed, tasks=(SHAPES_TASK[task],))
+            out = dict(select_task(built, SHAPES_TASK[task]))
+        elif task in ("captions", "retrieval"):
+            out = _caption_files(data, image_dir, splits, validation_fraction, seed)
+        elif task == "vqa":
+            out = _vqa_files(data, splits, image_dir, annotations_file, validation_data,
+                             validation_annotations_file, answer_vocab)
+        elif task == "grounding":
+            if instances_file is None:
+                raise ValueError("grounding data needs --instances_file (COCO instances.json) beside the refs")
+            out = {s: read_refcoco(data, instances_file, image_dir or Path(data).parent, split=REFCOCO_SPLITS[s],
+                                   check_images=False) for s in splits}
+        else:
+            if validation_data is None and set(splits) - {"train"}:
+                raise ValueError("the validation/test split of NLVR2 needs --validation_data (dev or test JSON lines)")
+            out = {s: read_nlvr2(data if s == "train" else validation_data, image_dir or Path(data).parent,
+                                 check_images=False) for s in splits}
+        out = {s: ds for s, ds in out.items() if s in splits}
+        skipped = 0
+        for name in list(out):
+            out[name], count = _drop_unreadable(out[name], f"{data} [{name}]")
+            skipped += count
+    info = {"source": data, "task": task, "skipped_images": skipped, "sizes": {s: len(d) for s, d in out.items()}}
+    if task == "vqa":
+        info["answers"] = next(iter(out.values())).features["labels"].feature.names
+    return datasets.DatasetDict(out), info
+
+
+def _vqa_files(data, splits, image_dir, annotations_file, validation_data, validation_annotations_file,
+               answer_vocab):
+    if image_dir is None:
+        raise ValueError("VQAv2 data needs --image_dir (the COCO images folder)")
+    out = {}
+    if "train" in splits:
+        out["train"] = read_vqav2(data, annotations_file, image_dir, answer_vocab=answer_vocab, check_images=False)
+        answer_vocab = answer_vocab or out["train"].features["labels"].feature.names
+    for split in ("validation", "test"):
+        if split in splits:
+            if validation_data is None:
+                raise ValueError(f"the {split} split of VQAv2 needs --validation_data (a questions JSON)")
+            out[split] = read_vqav2(validation_data, validation_annotations_file, image_dir,
+                                    answer_vocab=answer_vocab, check_images=False)
+    return out
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """The data flags of examples/finetune.py and examples/evaluate.py."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", default="shapes",
+                   help="'shapes', or the task's train file: captions .json/folder/.parquet (retrieval), VQAv2 "
+                        "questions .json (vqa), RefCOCO refs (grounding), NLVR2 .json lines (nlvr2)")
+    g.add_argument("--image_dir", default=None, help="image root of the data files (default: the file's folder)")
+    g.add_argument("--annotations_file", default=None, help="vqa: the VQAv2 annotations .json of --data")
+    g.add_argument("--instances_file", default=None, help="grounding: COCO instances.json for the RefCOCO refs")
+    g.add_argument("--validation_data", default=None,
+                   help="vqa: validation questions .json; nlvr2: dev .json lines (others take splits from --data)")
+    g.add_argument("--validation_annotations_file", default=None, help="vqa: annotations of --validation_data")
+    g.add_argument("--num_train_images", type=int, default=2000, help="Shapes: training examples")
+    g.add_argument("--num_val_images", type=int, default=200, help="Shapes: validation examples")
+    g.add_argument("--num_test_images", type=int, default=200, help="Shapes: test examples")
+    g.add_argument("--shapes_image_size", type=int, default=64, help="Shapes: rendered image side in pixels")
+    g.add_argument("--itm_k", type=int, default=16, help="retrieval: ITM re-ranks each query's top k by ITC")
+    g.add_argument("--eval_max_images", type=int, default=None, help="retrieval: evaluate on the first N images")
+
+
+def data_kwargs(args) -> dict:
+    """`load_task_data` keyword arguments from the flags of `add_data_args`."""
+    return {"image_dir": args.image_dir, "annotations_file": args.annotations_file,
+            "instances_file": args.instances_file, "validation_data": args.validation_data,
+            "validation_annotations_file": args.validation_annotations_file, "num_train": args.num_train_images,
+            "num_val": args.num_val_images, "num_test": args.num_test_images, "image_size": args.shapes_image_size}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation of range(n) drawn from `(seed, epoch)`: every process draws the same one (accelerate then
+    gives each its share), and a resumed run sees the same order. `shuffle=False`: range(n)."""
+
+    def __init__(self, num_samples: int, seed: int = 0, shuffle: bool = True):
+        self.num_samples, self.seed, self.shuffle, self.epoch = num_samples, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+
+
+def make_dataloader(ds: datasets.Dataset, collator, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                    drop_last: bool = False, num_workers: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader over `WithIndex(ds)` with an `EpochSampler` (call `loader.sampler.set_epoch(e)` and
+    `collator.set_epoch(e)` at each epoch). Its own generator seeds worker processes, so creating an iterator
+    does not consume the global RNG (which dropout uses)."""
+    return torch.utils.data.DataLoader(
+        WithIndex(ds), batch_size=batch_size, sampler=EpochSampler(len(ds), seed, shuffle), collate_fn=collator,
+        drop_last=drop_last, num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+    )
+
+
+__all__ = ["EpochSampler", "UserError", "add_data_args", "data_kwargs", "load_captions", "load_task_data",
+           "make_dataloader", "run_cli", "user_errors"]

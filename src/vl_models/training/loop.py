@@ -1,0 +1,264 @@
+"""Pieces of the training loop shared by examples/pretrain.py and examples/finetune.py.
+
+The loops themselves stay in the scripts (transformers' no_trainer style); this module holds what both need:
+the shared command-line flags, the accelerator, per-step generators, the optimizer step with clipping and a
+non-finite guard, loss averaging across processes, the final save and the push to the Hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+
+from ..data.collators import sample_seed
+from .checkpoint import write_atomic
+from .logging import build_trackers
+
+# per-size defaults of the scripts (a flag given on the command line wins)
+TRAINING_PRESETS = {
+    "tiny": {"per_device_train_batch_size": 8, "learning_rate": 3e-4, "num_warmup_steps": 2},
+    "small": {"per_device_train_batch_size": 32, "learning_rate": 3e-4, "num_warmup_steps": 50},
+    "base": {"per_device_train_batch_size": 64, "learning_rate": 1e-4, "num_warmup_steps": 1000},
+    "large": {"per_device_train_batch_size": 32, "learning_rate": 1e-4, "num_warmup_steps": 1000},
+}
+
+
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """The flags both scripts share; names follow transformers' no_trainer examples."""
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--per_device_train_batch_size", type=int, default=None,
+                   help="batch size per process (default: the size preset's; pre-training needs >= 2)")
+    g.add_argument("--per_device_eval_batch_size", type=int, default=64, help="batch size per process for evaluation")
+    g.add_argument("--learning_rate", type=float, default=None, help="peak learning rate (default: the preset's)")
+    g.add_argument("--weight_decay", type=float, default=0.02,
+                   help="AdamW weight decay (not applied to biases, norms, embeddings, tokens, temperature)")
+    g.add_argument("--num_train_epochs", type=int, default=1, help="epochs, unless --max_train_steps is given")
+    g.add_argument("--max_train_steps", type=int, default=None, help="optimizer updates in total (overrides epochs)")
+    g.add_argument("--num_warmup_steps", type=int, default=None, help="linear warmup updates (default: the preset's)")
+    g.add_argument("--lr_scheduler_type", default="cosine",
+                   help="'cosine' (warmup then cosine to 0) or any transformers scheduler name, e.g. 'linear'")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer update")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    g = parser.add_argument_group("speed")
+    g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="autocast precision (default: accelerate's config / launch flag; bf16 also works on CPU)")
+    g.add_argument("--gradient_checkpointing", action="store_true",
+                   help="recompute activations in the backward pass (model.activation_checkpointing_enable())")
+    g.add_argument("--torch_compile", action="store_true", help="compile the model with torch.compile (inductor)")
+    g.add_argument("--attn_implementation", default="sdpa",
+                   help="attention kernel: eager, sdpa, flash_attention_2 or flex_attention")
+    g.add_argument("--num_workers", type=int, default=0, help="data-loader worker processes")
+    g = parser.add_argument_group("run")
+    g.add_argument("--output_dir", default=None, help="where checkpoints, logs and the final model go")
+    g.add_argument("--seed", type=int, default=42, help="seed of weights, data order, masks and negatives")
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="save a checkpoint every N updates (0: never)")
+    g.add_argument("--checkpoints_total_limit", type=int, default=3, help="keep only the newest N checkpoints")
+    g.add_argument("--resume_from_checkpoint", default=None,
+                   help="'latest' (the newest complete checkpoint in output_dir, if any) or a checkpoint folder")
+    g.add_argument("--eval_steps", type=int, default=500, help="evaluate every N updates (0: only at the end)")
+    g.add_argument("--logging_steps", type=int, default=10, help="log losses and samples/s every N updates")
+    g.add_argument("--report_to", default="jsonl",
+                   help="trackers: 'jsonl' (our log.jsonl), 'all' (jsonl + tensorboard etc. if installed), or a list")
+    g.add_argument("--push_to_hub", action="store_true", help="push the final model and processor to the Hub")
+    g.add_argument("--hub_model_id", default=None, help="repository for --push_to_hub, e.g. 'org/vlmae-small'")
+    g.add_argument("--hub_private_repo", action="store_true", help="create the Hub repository as private")
+
+
+# fine-tuning defaults (the warmup, when not given, is a tenth of the updates)
+FINETUNE_DEFAULTS = {"per_device_train_batch_size": 32, "learning_rate": 1e-4}
+
+
+def apply_presets(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    """Fill the flags left unset (None) from `defaults`, e.g. `TRAINING_PRESETS[size]`."""
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.push_to_hub and not args.hub_model_id:
+        raise SystemExit("error: --push_to_hub needs --hub_model_id")
+    return args
+
+
+def run_config(args: argparse.Namespace, **extra) -> dict:
+    """The run's flags as plain scalars (what every tracker accepts as hyper-parameters: no None, no paths)."""
+    values = {**vars(args), **extra}
+    return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in values.items()}
+
+
+def parse_overrides(text: str | None) -> dict:
+    """`--config_overrides "queue_size=0,text_config.hidden_dropout_prob=0"` -> nested kwargs (values as JSON
+    when they parse, else strings)."""
+    out: dict = {}
+    for item in filter(None, (text or "").split(",")):
+        if "=" not in item:
+            raise SystemExit(f"error: --config_overrides items must be key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return out
+
+
+def make_accelerator(args, logging_dir: Path) -> Accelerator:
+    """CPU-only machines get `cpu=True`, which is what makes `accelerate launch --multi_gpu --num_processes 2`
+    run two gloo processes on a CPU (plain Accelerator() would start two independent runs)."""
+    return Accelerator(
+        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=build_trackers(logging_dir, args.report_to), project_dir=str(args.output_dir),
+        dynamo_backend="inductor" if args.torch_compile else None,
+        dataloader_config=DataLoaderConfiguration(even_batches=True),
+    )
+
+
+def schedule(args, batches_per_epoch: int) -> tuple[int, int]:
+    """(updates per epoch, total updates); sets args.max_train_steps / num_train_epochs consistently."""
+    per_epoch = max(1, math.ceil(batches_per_epoch / args.gradient_accumulation_steps))
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * per_epoch
+    args.num_train_epochs = math.ceil(args.max_train_steps / per_epoch)
+    return per_epoch, args.max_train_steps
+
+
+def step_generator(seed: int, micro_step: int, rank: int, device) -> torch.Generator:
+    """The generator a model draws its negatives (and masks a collator did not make) from: one per micro-batch
+    and process, so a resumed run draws what the uninterrupted one did."""
+    device = torch.device(device)
+    generator = torch.Generator(device=device) if device.type != "mps" else torch.Generator()
+    return generator.manual_seed(sample_seed("step", seed, micro_step, rank))
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: float) -> tuple[float, bool]:
+    """Clip, step and zero the gradients once they are synchronised. A non-finite gradient norm (the same on
+    every process after all-reduce) skips the update on every process instead of poisoning the weights.
+    Returns (gradient norm, whether the update was skipped)."""
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+    norm = float(norm) if norm is not None else float("nan")
+    skipped = not math.isfinite(norm) and accelerator.mixed_precision != "fp16"  # fp16: the scaler decides
+    if not skipped:
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, skipped
+
+
+class LossMeter:
+    """Averages `loss*` and `*accuracy` outputs over the updates between two logs, and over processes."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def update(self, output) -> None:
+        for key, value in output.items():
+            # every loss term and every accuracy (ViLTA adds itm_accuracy_inbatch / _synthetic), plus codebook stats
+            logged = key.startswith(("loss", "codebook_")) or "accuracy" in key
+            if value is not None and logged and torch.is_tensor(value) and value.ndim == 0:
+                self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+        self.count += 1
+
+    def mean(self, accelerator) -> dict[str, float]:
+        """Call on every process (it all-reduces)."""
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]) / max(1, self.count)
+        values = accelerator.reduce(values.to(accelerator.device), reduction="mean")
+        self.sums, self.count = {}, 0
+        return {k: float(v) for k, v in zip(keys, values)}
+
+
+def save_final(accelerator, model, processor, output_dir: Path) -> None:
+    """`save_pretrained` of the unwrapped model and the processor: a folder ready to push or load."""
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(output_dir, is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save, state_dict=accelerator.get_state_dict(model))
+    if accelerator.is_main_process:
+        processor.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+
+
+def _result_key(record: dict) -> tuple:
+    return record.get("task"), record.get("dataset"), record.get("split"), bool(record.get("zero_shot"))
+
+
+def write_results(path: Path, records: list[dict]) -> list[dict]:
+    """Merge `records` (`{"task", "dataset", "split", "metrics": {...}}`, the format the Hub model-card code
+    reads) into the JSON list at `path`: a record replaces the one with the same task, dataset, split and
+    `zero_shot`, others are kept. Written atomically; returns the whole list."""
+    path = Path(path)
+    old = json.loads(path.read_text()) if path.is_file() else []
+    keys = {_result_key(r) for r in records}
+    merged = [r for r in old if _result_key(r) not in keys] + list(records)
+    write_atomic(path, json.dumps(merged, indent=2))
+    return merged
+
+
+def load_quietly(load, *args, **kwargs):
+    """`from_pretrained` without transformers' per-tensor load report (a new task head lists every tensor);
+    returns (model, loading_info) so the caller can summarise it in one line."""
+    import transformers
+
+    verbosity = transformers.utils.logging.get_verbosity()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        return load(*args, output_loading_info=True, **kwargs)
+    finally:
+        transformers.utils.logging.set_verbosity(verbosity)
+
+
+def push_to_hub(model, processor, repo_id: str, private: bool = False, results_file: Path | None = None):
+    """Through `vl_models.hub.push_to_hub` (model card with the evaluation results of `results_file`, remote
+    code) when that module provides it, else plain `push_to_hub` of the model and the processor."""
+    try:
+        from .. import hub
+    except ImportError:
+        hub = None
+    push = getattr(hub, "push_to_hub", None)
+    if push is None:
+        model.push_to_hub(repo_id, private=private)
+        processor.push_to_hub(repo_id, private=private)
+        return repo_id
+    kwargs = {"private": private}
+    if results_file is not None and Path(results_file).is_file():
+        results = [r for r in json.loads(Path(results_file).read_text()) if r.get("metrics")]
+        kwargs.update({"results": results} if results else {})
+    return push(model, processor, repo_id, **kwargs)
+
+
+def default_output_dir(*parts: str) -> Path:
+    return Path(os.environ.get("VL_MODELS_OUTPUT", "outputs")) / "-".join(parts)
+
+
+__all__ = [
+    "FINETUNE_DEFAULTS",
+    "TRAINING_PRESETS",
+    "LossMeter",
+    "add_training_args",
+    "apply_presets",
+    "default_output_dir",
+    "load_quietly",
+    "make_accelerator",
+    "optimizer_step",
+    "parse_overrides",
+    "push_to_hub",
+    "run_config",
+    "save_final",
+    "schedule",
+    "step_generator",
+    "write_results",
+]
