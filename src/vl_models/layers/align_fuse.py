@@ -16,6 +16,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..utils import check_same_batch, check_tensor
+from .backbone import BackboneMixin
 from .heads import MlmHead
 from .losses import (
     gather_no_grad,
@@ -26,7 +27,7 @@ from .losses import (
 )
 from .masking import mask_text
 from .momentum import FeatureQueue, freeze, momentum_update
-from .outputs import VlModelOutput, VlPreTrainingOutput
+from .outputs import VlPreTrainingOutput
 from .towers import FusionTransformer, TextTransformer, VisionTransformer
 
 
@@ -77,7 +78,7 @@ class FromTowersMixin:
         return model
 
 
-class AlignFuseModelMixin(FromTowersMixin):
+class AlignFuseModelMixin(BackboneMixin, FromTowersMixin):
     """Encoders + fusion; returns embeddings (`VlModelOutput`)."""
 
     def __init__(self, config):
@@ -102,35 +103,6 @@ class AlignFuseModelMixin(FromTowersMixin):
 
     def fuse(self, image_embeds, text_embeds, attention_mask=None):
         return self.fusion(text_embeds, attention_mask, image_embeds)  # [B, T, Dt]; [:, 0] is the pair's [CLS]
-
-    def image_feat(self, image_embeds):
-        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)  # [B, E]
-
-    def text_feat(self, text_embeds):
-        return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)  # [B, E]
-
-    def get_image_features(self, pixel_values, interpolate_pos_encoding=False):
-        return self.image_feat(self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
-
-    def get_text_features(self, input_ids, attention_mask=None):
-        return self.text_feat(self.encode_text(input_ids, attention_mask))
-
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, interpolate_pos_encoding=False,
-                **kwargs) -> VlModelOutput:
-        if pixel_values is None and input_ids is None:
-            raise ValueError("pass `pixel_values`, `input_ids`, or both; got neither")
-        if pixel_values is not None and input_ids is not None:
-            check_same_batch(pixel_values=pixel_values, input_ids=input_ids)
-        out = VlModelOutput()
-        if pixel_values is not None:
-            out.image_embeds = self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-            out.image_feat = self.image_feat(out.image_embeds)
-        if input_ids is not None:
-            out.text_embeds = self.encode_text(input_ids, attention_mask)
-            out.text_feat = self.text_feat(out.text_embeds)
-        if pixel_values is not None and input_ids is not None:
-            out.multimodal_embeds = self.fuse(out.image_embeds, out.text_embeds, attention_mask)
-        return out
 
 
 class AlignFusePreTrainingMixin(FromTowersMixin):

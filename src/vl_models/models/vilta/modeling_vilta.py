@@ -11,12 +11,13 @@ from torch import nn
 from transformers import initialization as init
 
 from ...layers import text_augment
+from ...layers.backbone import BackboneMixin
 from ...layers.coattention import CoAttentionTransformer
 from ...layers.heads import MlmHead
 from ...layers.losses import contrastive_loss, select_masked
 from ...layers.masking import mask_text
 from ...layers.momentum import freeze
-from ...layers.outputs import VlModelOutput, VlPreTrainingOutput
+from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
     ImagesAndTextClassificationMixin,
     ImageTextRetrievalMixin,
@@ -54,7 +55,7 @@ class ViltaPreTrainedModel(VlPreTrainedModel):
     _supports_flash_attn = False
 
 
-class ViltaModel(ViltaTowersMixin, ViltaPreTrainedModel):
+class ViltaModel(BackboneMixin, ViltaTowersMixin, ViltaPreTrainedModel):
     """Vision, language and co-attention encoders; returns embeddings (`VlModelOutput`).
 
     `fuse(...)[:, 0]` is the pair's pooled feature: tanh(Linear([text CLS ; image CLS])) over both co-attention
@@ -94,35 +95,6 @@ class ViltaModel(ViltaTowersMixin, ViltaPreTrainedModel):
         text, image = self.fuse_streams(image_embeds, text_embeds, attention_mask)
         pooled = torch.tanh(self.pooler(torch.cat([text[:, 0], image[:, 0]], dim=-1)))  # [B, D]
         return torch.cat([pooled[:, None], text[:, 1:]], dim=1)  # [B, T, D]; [:, 0] is the pair's pooled feature
-
-    def image_feat(self, image_embeds):
-        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)  # [B, E]
-
-    def text_feat(self, text_embeds):
-        return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)  # [B, E]
-
-    def get_image_features(self, pixel_values, interpolate_pos_encoding=False):
-        return self.image_feat(self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding))
-
-    def get_text_features(self, input_ids, attention_mask=None):
-        return self.text_feat(self.encode_text(input_ids, attention_mask))
-
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, interpolate_pos_encoding=False,
-                **kwargs) -> VlModelOutput:
-        if pixel_values is None and input_ids is None:
-            raise ValueError("pass `pixel_values`, `input_ids`, or both; got neither")
-        if pixel_values is not None and input_ids is not None:
-            check_same_batch(pixel_values=pixel_values, input_ids=input_ids)
-        out = VlModelOutput()
-        if pixel_values is not None:
-            out.image_embeds = self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-            out.image_feat = self.image_feat(out.image_embeds)
-        if input_ids is not None:
-            out.text_embeds = self.encode_text(input_ids, attention_mask)
-            out.text_feat = self.text_feat(out.text_embeds)
-        if pixel_values is not None and input_ids is not None:
-            out.multimodal_embeds = self.fuse(out.image_embeds, out.text_embeds, attention_mask)
-        return out
 
 
 class ViltaTextTeacher(nn.Module):
