@@ -20,11 +20,11 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff check --no-cache src tests examples bench
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff check --no-cache src tests examples bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

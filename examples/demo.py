@@ -3,7 +3,8 @@
 Runs examples/pretrain.py, finetune.py and evaluate.py in this one process (the same code `accelerate launch`
 runs), on a GPU when there is one and on the CPU otherwise, prints a table of test-split results beside
 chance level, and leaves every model folder under --output_dir (the pre-trained one is ready to push:
-`model.push_to_hub` / `vl_models.hub`). About 6 minutes of CPU time on 2 cores; docs/training.md.
+`model.push_to_hub` / `vl_models.hub`). About 10 CPU-minutes: 7 minutes on a 2-core machine that is not busy
+with other work (docs/training.md has measured times and results).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ GPU = torch.cuda.is_available()
 # (pre-training updates, fine-tuning updates of retrieval / VQA / grounding, batch size, Shapes images); the CPU
 # row is sized for about 9 minutes of CPU time; retrieval gets the most updates, contrastive learning from
 # scratch starts slowest
-STEPS = {"cpu": (120, (300, 150, 150), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
+STEPS = {"cpu": (120, (300, 150, 100), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
 TASKS = ("retrieval", "vqa", "grounding")
 # A short run needs a teacher that keeps up: momentum 0.995 (ALBEF's) averages over ~200 updates, the whole CPU
 # run, so the ITC keys would stay at their random initialisation. Dropout only slows a few-minute run down.

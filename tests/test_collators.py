@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -133,6 +134,11 @@ def test_block_masking_exact_count(shapes, vlmae):
     assert (batch["image_mask"].sum(1) == config.vision_config.num_patches - 4).all()
     with pytest.raises(ValueError, match="image_masking"):
         PreTrainingCollator(processor, config, image_masking="grid")
+    beit_like = SimpleNamespace(vision_config=config.vision_config, num_masking_patches=5)  # a count, no ratio
+    for kind in ("block", "random"):
+        batch = PreTrainingCollator(processor, beit_like, text_masking=False, image_masking=kind)(
+            rows(shapes["captions_train"], range(3)))
+        assert (batch["image_mask"].sum(1) == 5).all(), kind
 
 
 def test_pretraining_batch_trains_the_model(shapes, vlmae):

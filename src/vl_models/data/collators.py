@@ -158,15 +158,16 @@ class PreTrainingCollator(_Collator):
         if image_masking is False:
             return None, None
         key = next((k for k in ("image_mask", "bool_masked_pos") if accepts(model_class, k)), None)
+        has_count = hasattr(config, "mask_ratio") or hasattr(config, "num_masking_patches")
         if image_masking is None:
-            if key is None or not hasattr(config, "mask_ratio"):
+            if key is None or not has_count:
                 return None, None
             image_masking = "random" if key == "image_mask" else "block"
         if image_masking not in ("random", "block"):
             raise ValueError(f"`image_masking` must be None, False, 'random' or 'block', got {image_masking!r}")
-        if not hasattr(config, "mask_ratio"):
-            raise ValueError(f"`image_masking`={image_masking!r} needs `config.mask_ratio`, which "
-                             f"{type(config).__name__} does not have")
+        if not has_count:
+            raise ValueError(f"`image_masking`={image_masking!r} needs `config.mask_ratio` (or "
+                             f"`num_masking_patches`), which {type(config).__name__} does not have")
         return key or "image_mask", image_masking
 
     def __call__(self, rows: list[dict]) -> dict:
@@ -196,12 +197,15 @@ class PreTrainingCollator(_Collator):
         return masked, labels
 
     def _mask_image(self, generator) -> torch.Tensor:
-        vision = self.config.vision_config
+        vision, config = self.config.vision_config, self.config
         num_patches = vision.num_patches
+        # BEiT-style configs give a patch count, MAE-style ones a ratio (ceil((1 - ratio) * N) patches stay visible)
+        num_masked = getattr(config, "num_masking_patches", None)
+        if num_masked is None:
+            num_masked = num_patches - num_kept(num_patches, config.mask_ratio)
         if self.image_masking == "random":
-            return random_masking(1, num_patches, self.config.mask_ratio, generator=generator).mask  # [1, N]
+            return random_masking(1, num_patches, num_masked / num_patches, generator=generator).mask  # [1, N]
         side = vision.image_size // vision.patch_size
-        num_masked = num_patches - num_kept(num_patches, self.config.mask_ratio)
         return block_masking(1, (side, side), num_masked, generator=generator)
 
 
