@@ -22,14 +22,14 @@ import torch.nn.functional as F
 
 from vl_models.utils import check_tensor, describe
 
-# Largest number of float32 scores one chunk may hold (16 MiB). On a quiet 2-core CPU 1-16 Mi
-# scores ran within ~10% of each other (N=1e4, K=8192, D=32); on a shared, oversubscribed one every
-# op of every chunk waits at an OpenMP barrier for a descheduled thread, and 1 Mi was 2.5x slower
-# than 4 Mi. 4 Mi keeps the bound small and the chunk count low.
-SCORE_BUDGET = 1 << 22
-# The argmin is taken in two steps: the minimum of each group of GROUP consecutive codes (a
-# vectorised `amin`), then the argmin inside the winning group. `argmin` over a long row is several
-# times slower than `amin` on CPU, and this keeps "first index wins" on exact ties.
+# Largest number of float32 scores one chunk may hold (1 Mi = 4 MiB, rows = budget / K: 128 at K = 8192).
+# A chunk's scores are written by the GEMM and read back by the min, so it should stay in cache; measured
+# on a 2-core EPYC (1 MiB L2 per core, 8 MiB L3), N=1e4, K=8192, D=32: 64-128 rows were fastest with 1 and
+# 2 threads, 16 rows paid per-chunk overhead, 512 rows spilled to memory (docs/kernels.md).
+SCORE_BUDGET = 1 << 20
+# The argmin is taken in two steps: the minimum of each group of GROUP consecutive codes, then the
+# argmin inside the winning group. `argmin` is several times slower than `amin` on CPU, and this keeps
+# "first index wins" on exact ties.
 GROUP = 128
 
 _triton_failed = False
@@ -74,11 +74,11 @@ def code_terms(codebook: torch.Tensor, cosine: bool) -> tuple[torch.Tensor, torc
 
 
 def _grouped_argmin(scores: torch.Tensor, group: int) -> torch.Tensor:
-    """argmin over the last dim of [n, K] scores (K a multiple of ``group``); first index on ties."""
-    n, k = scores.shape
-    grouped = scores.view(n, k // group, group)  # [n, K/G, G]
-    best_group = grouped.amin(-1).argmin(-1)  # [n]
-    inside = grouped[torch.arange(n, device=scores.device), best_group].argmin(-1)  # [n]
+    """argmin over dim 0 of codes-major [Kp, n] scores (Kp a multiple of ``group``); first index on ties."""
+    k, n = scores.shape
+    grouped = scores.view(k // group, group, n)  # [Kp/G, G, n]
+    best_group = grouped.amin(1).argmin(0)  # [n]
+    inside = grouped[best_group, :, torch.arange(n, device=scores.device)].argmin(-1)  # [n, G] -> [n]
     return best_group * group + inside
 
 
@@ -93,15 +93,19 @@ def _nearest_code_torch(x: torch.Tensor, codebook: torch.Tensor, cosine: bool, c
         # padded codes score +inf (bias inf, weight 0) so they never win
         weight = F.pad(weight, (0, 0, 0, pad))
         bias = F.pad(bias, (0, pad), value=float("inf"))
-    weight_t = weight.t().contiguous()  # [D, Kp], packed once for every chunk's GEMM
+    bias = bias[:, None]  # [Kp, 1]
+    # Scores are codes-major, [Kp, n] = weight [Kp, D] @ x_chunk^T [D, n]: with the long codebook as the
+    # GEMM's M dimension BLAS runs several times faster than [n, D] @ [D, Kp] on skinny D (measured 3-6x at
+    # D = 32), and the min over codes becomes a contiguous, vectorised reduction across rows.
+    x_t = x.float().t()  # [D, N], a view: each chunk is copied contiguous below
     rows = rows_per_chunk(num_codes, chunk_size)
     out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    scores = torch.empty(min(rows, x.shape[0]), weight_t.shape[1], device=x.device)  # reused buffer
+    scores = torch.empty(weight.shape[0] * min(rows, x.shape[0]), device=x.device)  # reused buffer
     for start in range(0, x.shape[0], rows):
-        xs = x[start : start + rows].float()  # [n, D]
-        block = scores[: xs.shape[0]]  # [n, Kp]
-        torch.addmm(bias, xs, weight_t, alpha=-1.0, out=block)
-        out[start : start + xs.shape[0]] = _grouped_argmin(block, group)
+        xs = x_t[:, start : start + rows].contiguous()  # [D, n]
+        block = scores[: weight.shape[0] * xs.shape[1]].view(weight.shape[0], xs.shape[1])  # [Kp, n]
+        torch.addmm(bias, weight, xs, alpha=-1.0, out=block)
+        out[start : start + xs.shape[1]] = _grouped_argmin(block, group)
     return out
 
 
