@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from common import sync
 from vl_models.kernels import nearest_code
 from vl_models.kernels import triton_nearest_code as triton_kernel
 from vl_models.kernels.nearest_code import rows_per_chunk
@@ -44,11 +45,6 @@ def fused(x, c, chunk_size):
 
 
 METHODS = {"nearest_code": fused, "cdist+argmin": cdist_argmin, "naive_chunks": naive_chunks}
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_extra_bytes(fn, device) -> int:
