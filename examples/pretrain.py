@@ -4,6 +4,13 @@
     accelerate launch --config_file examples/accelerate_configs/ddp.yaml examples/pretrain.py \\
         --method albef --size base --data /data/coco/dataset_coco.json --image_dir /data/coco
 
+VL-BEiT trains on text-only and image-only data beside the pairs (`--text_data`, `--image_data`: every batch
+mixes the three kinds), with MIM targets from a visual tokenizer trained first by this script:
+
+    accelerate launch examples/pretrain.py --method vl_beit_tokenizer --size small --data shapes
+    accelerate launch examples/pretrain.py --method vl_beit --size small --data shapes --text_data shapes \
+        --image_data shapes --visual_tokenizer runs/pretrain-vl_beit_tokenizer-small
+
 Every objective of the method is trained at once (the model sums them with its config's weights); masks come
 from the collator, seeded per sample, and negatives from a generator seeded per step, so a run resumed with
 `--resume_from_checkpoint latest` continues exactly where it stopped. Docs: docs/training.md.
@@ -23,6 +30,7 @@ from tqdm.auto import tqdm
 
 import vl_models
 from vl_models.data.collators import PreTrainingCollator, accepts
+from vl_models.models.vl_beit import VlBeitVisualTokenizer, tokenizer_config
 from vl_models.presets import SIZES, merge, tower_preset
 from vl_models.processing import build_processor
 from vl_models.training import (
@@ -56,14 +64,18 @@ from vl_models.training import (
     write_results,
     zero_shot_retrieval,
 )
+from vl_models.training.data import mix_sources, read_text_lines
 
 logger = logging.getLogger("pretrain")
+
+TOKENIZER_METHOD = "vl_beit_tokenizer"  # VL-BEiT's visual tokenizer, trained on images before VL-BEiT itself
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("model")
-    g.add_argument("--method", default="vlmae", choices=vl_models.list_methods(), help="the VLP method")
+    g.add_argument("--method", default="vlmae", choices=[*vl_models.list_methods(), TOKENIZER_METHOD],
+                   help=f"the VLP method, or {TOKENIZER_METHOD} (VL-BEiT's visual tokenizer, trained on the images)")
     g.add_argument("--size", default="small", choices=SIZES, help="size preset of the model and of the defaults")
     g.add_argument("--config_overrides", default=None,
                    help="config fields to change, e.g. 'queue_size=0,text_config.hidden_dropout_prob=0'")
@@ -72,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--vision_tower", default=None, help="initialise the image tower from a transformers ViT")
     g.add_argument("--tokenizer", default=None,
                    help="BERT-style tokenizer (path/Hub id); default: --text_tower's, else the built-in one")
+    g.add_argument("--visual_tokenizer", default=None,
+                   help=f"vl_beit: a trained visual tokenizer (folder/Hub id saved by --method {TOKENIZER_METHOD})")
     g.add_argument("--max_length", type=int, default=40, help="caption length in tokens, [CLS] and [SEP] included")
     g.add_argument("--alpha_warmup_steps", type=int, default=None,
                    help="ramp the distillation weight alpha from 0 over N updates (default: one epoch, as ALBEF)")
@@ -82,6 +96,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_train_images", type=int, default=2000, help="Shapes: training images")
     g.add_argument("--num_val_images", type=int, default=200, help="Shapes: validation images")
     g.add_argument("--shapes_image_size", type=int, default=64, help="Shapes: rendered image side in pixels")
+    g.add_argument("--text_data", default=None,
+                   help="vl_beit: text-only rows, mixed into every epoch: 'shapes', a .txt file (one text per line) or "
+                        "any --data source (its captions alone)")
+    g.add_argument("--image_data", default=None,
+                   help="vl_beit: image-only rows: 'shapes' or any --data source (its images alone)")
     g.add_argument("--validation_fraction", type=float, default=0.05,
                    help="held out for validation when the data has no validation split")
     g.add_argument("--eval_max_images", type=int, default=1000, help="validation images used by zero-shot eval")
@@ -94,6 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_model(args):
     """(model, processor) from a checkpoint, from unimodal towers, or from the size preset."""
+    if args.method == TOKENIZER_METHOD:
+        return build_tokenizer(args)
     spec = vl_models.get_method(args.method)
     overrides = parse_overrides(args.config_overrides)
     attn = {"attn_implementation": args.attn_implementation}
@@ -109,6 +130,10 @@ def build_model(args):
     else:
         config = vl_models.get_config(args.method, args.size, **overrides)
         model = spec.pretraining_class._from_config(config, **attn)
+    if args.visual_tokenizer:
+        if not hasattr(model, "set_visual_tokenizer"):
+            raise UserError(f"--visual_tokenizer is for vl_beit, not {args.method}")
+        model.set_visual_tokenizer(VlBeitVisualTokenizer.from_pretrained(args.visual_tokenizer))
     tokenizer = args.tokenizer or args.text_tower
     processor = build_processor(spec.processor_class, image_size=model.config.vision_config.image_size,
                                 tokenizer=tokenizer, max_length=args.max_length)
@@ -116,6 +141,39 @@ def build_model(args):
         raise UserError(f"the tokenizer has {len(processor.tokenizer)} tokens but the model's vocabulary only "
                         f"{model.config.text_config.vocab_size}; pass a matching --tokenizer")
     return model, processor
+
+
+def build_tokenizer(args):
+    """VL-BEiT's visual tokenizer at `--size` (the `tokenizer_config` of VL-BEiT's preset) and its processor."""
+    overrides = parse_overrides(args.config_overrides)
+    if args.model_name_or_path:
+        model = VlBeitVisualTokenizer.from_pretrained(args.model_name_or_path, **overrides)
+    else:
+        model = VlBeitVisualTokenizer._from_config(tokenizer_config(args.size, **overrides),
+                                                   attn_implementation=args.attn_implementation)
+    spec = vl_models.get_method("vl_beit")
+    processor = build_processor(spec.processor_class, image_size=model.config.vision_config.image_size,
+                                tokenizer=args.tokenizer, max_length=args.max_length)
+    return model, processor
+
+
+def unimodal_sources(args) -> tuple:
+    """(text-only rows, image-only rows) from --text_data / --image_data, or None each."""
+    def source(data, offset):
+        if data.endswith(".txt"):
+            with user_errors(f"--text_data {data}"):
+                return read_text_lines(data)
+        # another seed: the built-in Shapes data then gives other images and captions than the pairs'
+        return load_captions(data, num_train=args.num_train_images, num_val=0, image_size=args.shapes_image_size,
+                             seed=args.seed + offset, splits=("train",))[0]["train"]
+
+    return (source(args.text_data, 1) if args.text_data else None,
+            source(args.image_data, 2) if args.image_data else None)
+
+
+def batch_rows(batch) -> int:
+    """Rows of a batch, whatever kinds it mixes."""
+    return sum(batch[k].shape[0] for k in ("input_ids", "text_input_ids", "image_pixel_values") if k in batch)
 
 
 def main(argv=None) -> dict:
@@ -129,6 +187,11 @@ def main(argv=None) -> dict:
     data, info = load_captions(args.data, image_dir=args.image_dir, num_train=args.num_train_images,
                                num_val=args.num_val_images, image_size=args.shapes_image_size, seed=args.seed,
                                validation_fraction=args.validation_fraction)
+    if args.text_data or args.image_data:
+        if not accepts(model_class, "text_input_ids"):
+            raise UserError(f"--text_data / --image_data need a method that trains on text-only and image-only "
+                            f"rows (vl_beit), not {args.method}")
+        data["train"] = mix_sources(data["train"], *unimodal_sources(args))
     collator = PreTrainingCollator(processor, config, model_class, seed=args.seed, max_length=args.max_length)
     batch_size = args.per_device_train_batch_size
     train_dl = make_dataloader(data["train"], collator, batch_size, seed=args.seed, drop_last=True,
@@ -153,8 +216,10 @@ def main(argv=None) -> dict:
     if resume is not None:
         step = load_checkpoint(accelerator, resume)["step"]
         logger.info("resumed from %s at update %d", resume, step)
+    # zero-shot retrieval needs ITC features (the visual tokenizer has none)
+    has_itc = hasattr(accelerator.unwrap_model(model).base_model, "get_image_features")
     val_inputs = retrieval_inputs(data["validation"], processor, args.eval_max_images) \
-        if accelerator.is_main_process and len(data["validation"]) else None
+        if accelerator.is_main_process and len(data["validation"]) and has_itc else None
 
     def evaluate() -> dict:
         metrics = {}
@@ -192,7 +257,7 @@ def main(argv=None) -> dict:
                 accelerator.backward(out.loss)
                 micro_step += 1
                 meter.update(out)
-                speed.update(batch["input_ids"].shape[0] * accelerator.num_processes)
+                speed.update(batch_rows(batch) * accelerator.num_processes)
                 if accelerator.sync_gradients:
                     grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
             if not accelerator.sync_gradients:

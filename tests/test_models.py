@@ -16,9 +16,11 @@ from vl_models.layers.align_fuse import sample_hard_negatives
 METHODS = vl_models.list_methods()
 NO_DROPOUT = {"text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
 # what differs between the families: ALBEF-style methods keep an EMA teacher (`momentum_*`) and queues; ViLTA keeps
-# a frozen language teacher (`teacher.*`), has no ITC by default and freezes its unused ITC projections
-TEACHER_PREFIX = {"vilta": "teacher."}
-FROZEN_PREFIXES = {"vilta": ("teacher.", "temp", "vilta.vision_proj.", "vilta.text_proj.")}
+# a frozen language teacher (`teacher.*`), has no ITC by default and freezes its unused ITC projections; VL-BEiT's
+# frozen target source is its visual tokenizer, and its ITC projections wait for retrieval fine-tuning
+TEACHER_PREFIX = {"vilta": "teacher.", "vl_beit": "visual_tokenizer."}
+FROZEN_PREFIXES = {"vilta": ("teacher.", "temp", "vilta.vision_proj.", "vilta.text_proj."),
+                   "vl_beit": ("visual_tokenizer.", "vl_beit.vision_proj.", "vl_beit.text_proj.")}
 ITC_ON = {"vilta": {"itc_weight": 1.0}}
 
 
@@ -78,6 +80,8 @@ def test_itc_without_queue_and_distillation_is_the_clip_loss(method):
     """With alpha = 0, no queue and teacher == student, ALBEF's ITC reduces to the symmetric InfoNCE loss."""
     from vl_models.layers.losses import contrastive_loss
 
+    if not hasattr(tiny(method), "itc_weight"):
+        pytest.skip(f"{method} pre-trains without ITC")
     model = build(method, queue_size=0, alpha=0.0, **ITC_ON.get(method, {}), **NO_DROPOUT).eval()
     if method == "vlmae":
         model.config.mask_ratio = 0.0
@@ -138,14 +142,13 @@ def test_base_model_and_downstream_heads_load_from_a_pretraining_checkpoint(meth
     model.save_pretrained(tmp_path)
     base = AutoModel.from_pretrained(tmp_path)
     assert type(base) is vl_models.get_method(method).model_class
-    torch.testing.assert_close(base.text.embeddings.word_embeddings.weight,
-                               model.base_model.text.embeddings.word_embeddings.weight)
+    torch.testing.assert_close(base.get_input_embeddings().weight, model.base_model.get_input_embeddings().weight)
     for task, cls in vl_models.get_method(method).task_classes.items():
         head, info = cls.from_pretrained(tmp_path, output_loading_info=True)
         assert any(k.startswith(TEACHER_PREFIX.get(method, "momentum_")) for k in info["unexpected_keys"]), task
         assert [n for n, p in head.named_parameters() if not p.requires_grad] == [
             n for n, p in cls(head.config).named_parameters() if not p.requires_grad], task
-        if task == "retrieval":  # its ITM head and temperature come from pre-training
+        if task == "retrieval" and hasattr(model, "itm_head"):  # its ITM head and temperature come from pre-training
             assert info["missing_keys"] == set() or not info["missing_keys"]
         else:
             assert info["missing_keys"], task  # the task head starts from scratch and is reported
@@ -251,10 +254,14 @@ def test_vlmae_collator_image_mask_is_used():
 def test_bad_inputs_name_the_argument(method):
     model = build(method).eval()
     batch = make_batch(model.config)
-    with pytest.raises(ValueError, match="pixel_values"):
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    with pytest.raises(ValueError, match="input_ids"):
-        model(pixel_values=batch["pixel_values"])
+    if getattr(model, "supports_unimodal_inputs", False):  # text-only and image-only batches are valid data
+        assert torch.isfinite(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).loss)
+        assert torch.isfinite(model(pixel_values=batch["pixel_values"]).loss)
+    else:
+        with pytest.raises(ValueError, match="pixel_values"):
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        with pytest.raises(ValueError, match="input_ids"):
+            model(pixel_values=batch["pixel_values"])
     with pytest.raises(ValueError, match="batch sizes"):
         model(pixel_values=batch["pixel_values"][:3], input_ids=batch["input_ids"])
     with pytest.raises(ValueError, match="pixel_values"):
@@ -265,8 +272,9 @@ def test_bad_inputs_name_the_argument(method):
         model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"].float())
     with pytest.raises(ValueError, match="input_ids"):
         model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"] + 10_000)
-    with pytest.raises(ValueError, match="at least 2"):
-        model(**{k: v[:1] for k, v in batch.items()})
+    if hasattr(model, "itm_head"):  # ITM draws its negatives in the batch
+        with pytest.raises(ValueError, match="at least 2"):
+            model(**{k: v[:1] for k, v in batch.items()})
     with pytest.raises(ValueError, match="neither"):
         model.base_model()
 

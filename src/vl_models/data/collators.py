@@ -141,6 +141,13 @@ class PreTrainingCollator(_Collator):
 
     text_masking / image_masking: None = decide from `config` and `model_class`; False = never. image_masking
     may also be "random" or "block".
+
+    Mixed batches (VL-BEiT: a `model_class` whose forward takes `text_input_ids` and `image_pixel_values`): a row
+    with no image (`image` None) is text-only, a row with no caption (`captions` empty) image-only. Pairs keep the
+    keys above; text-only rows come as `text_input_ids` / `text_attention_mask` (+ `text_mlm_input_ids` /
+    `text_mlm_labels`), image-only rows as `image_pixel_values` (+ `image_bool_masked_pos` or `image_image_mask`).
+    Captions of pairs are masked at `config.mvlm_probability` where the config has one, others at
+    `mlm_probability`.
     """
 
     def __init__(self, processor, config, model_class=None, *, text_masking: bool | None = None,
@@ -152,6 +159,7 @@ class PreTrainingCollator(_Collator):
                 model_class is None or accepts(model_class, "mlm_input_ids"))
         self.text_masking = bool(text_masking)
         self.image_mask_key, self.image_masking = self._image_masking(config, model_class, image_masking)
+        self.mixed = accepts(model_class, "text_input_ids") and accepts(model_class, "image_pixel_values")
 
     @staticmethod
     def _image_masking(config, model_class, image_masking):
@@ -171,17 +179,54 @@ class PreTrainingCollator(_Collator):
         return key or "image_mask", image_masking
 
     def __call__(self, rows: list[dict]) -> dict:
+        if not self.mixed:
+            return self._pairs(rows)
+        kinds = {"pair": [], "text": [], "image": []}
+        for position, row in enumerate(rows):
+            has_image = row.get(self.image_keys[0]) is not None
+            has_text = bool(row.get("caption") or row.get("captions"))
+            kinds["pair" if has_image and has_text else "image" if has_image else "text"].append(position)
+        batch = self._pairs([rows[i] for i in kinds["pair"]], kinds["pair"]) if kinds["pair"] else {}
+        if kinds["text"]:
+            batch.update(self._texts([rows[i] for i in kinds["text"]], kinds["text"]))
+        if kinds["image"]:
+            batch.update(self._images([rows[i] for i in kinds["image"]], kinds["image"]))
+        return batch
+
+    def _pairs(self, rows: list[dict], positions: list[int] | None = None) -> dict:
+        # positions: where the rows sit in a mixed batch (they stand in for indices when rows carry none)
+        by_row = {} if positions is None else {id(row): i for row, i in zip(rows, positions)}
         rows, images = self._readable(rows)
-        generators = [self._generator(row, i) for i, row in enumerate(rows)]
+        generators = [self._generator(row, by_row.get(id(row), i)) for i, row in enumerate(rows)]
         texts = [_caption(row, g) for row, g in zip(rows, generators)]
         batch = self._encode([im[0] for im in images], texts)
         if self.text_masking:
-            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_text(batch, generators)
+            probability = getattr(self.config, "mvlm_probability", self.config.mlm_probability)
+            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_text(batch, generators, probability)
         if self.image_masking is not None:
             batch[self.image_mask_key] = torch.cat([self._mask_image(g) for g in generators])  # [B, N]
         return batch
 
-    def _mask_text(self, batch, generators):
+    def _texts(self, rows: list[dict], positions: list[int]) -> dict:
+        generators = [self._generator(row, i) for row, i in zip(rows, positions)]
+        batch = dict(self.processor(text=[_caption(row, g) for row, g in zip(rows, generators)],
+                                    max_length=self.max_length, return_tensors="pt"))
+        if self.text_masking:
+            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_text(batch, generators,
+                                                                          self.config.mlm_probability)
+        return {f"text_{key}": value for key, value in batch.items()}
+
+    def _images(self, rows: list[dict], positions: list[int]) -> dict:
+        generators = {id(row): self._generator(row, i) for row, i in zip(rows, positions)}
+        rows, images = self._readable(rows)
+        batch = {"image_pixel_values": self.processor(images=[im[0] for im in images],
+                                                      return_tensors="pt")["pixel_values"]}
+        if self.image_masking is not None:
+            masks = [self._mask_image(generators[id(row)]) for row in rows]
+            batch[f"image_{self.image_mask_key}"] = torch.cat(masks)  # [B, N]
+        return batch
+
+    def _mask_text(self, batch, generators, probability: float):
         text = self.config.text_config
         ids, attention = batch["input_ids"], batch["attention_mask"]
         masked, labels = ids.clone(), torch.full_like(ids, -100)
@@ -190,8 +235,7 @@ class PreTrainingCollator(_Collator):
             length = int(attention[i].sum())
             row_ids, row_labels = mask_text(
                 ids[i : i + 1, :length], mask_token_id=text.mask_token_id, vocab_size=text.vocab_size,
-                special_token_ids=text.special_token_ids, probability=self.config.mlm_probability,
-                generator=generator,
+                special_token_ids=text.special_token_ids, probability=probability, generator=generator,
             )
             masked[i, :length], labels[i, :length] = row_ids[0], row_labels[0]
         return masked, labels

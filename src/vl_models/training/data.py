@@ -116,6 +116,33 @@ def load_captions(data: str, *, image_dir: str | None = None, splits=("train", "
                           validation_fraction=validation_fraction)
 
 
+def read_text_lines(path: str) -> datasets.Dataset:
+    """A text corpus, one text per non-empty line of a UTF-8 file -> rows `captions` = [line]."""
+    lines = [line.strip() for line in _check_path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError(f"{path} holds no text (one text per line)")
+    return datasets.Dataset.from_dict({"captions": [[line] for line in lines]})
+
+
+_MIXED = datasets.Features({"image": datasets.Image(), "captions": datasets.List(datasets.Value("string"))})
+
+
+def mix_sources(pairs: datasets.Dataset, texts: datasets.Dataset | None = None,
+                images: datasets.Dataset | None = None) -> datasets.Dataset:
+    """One data set of image-caption pairs, text-only rows (`image` None: the `captions` of `texts`) and image-only
+    rows (`captions` empty: the `image` of `images`), shuffled together by the sampler. For models that train on
+    all three kinds (VL-BEiT); `PreTrainingCollator` sorts each batch's rows by kind."""
+    parts = [pairs.select_columns(["image", "captions"]).cast(_MIXED)]
+    if texts is not None:
+        texts = texts.select_columns(["captions"])
+        parts.append(texts.add_column("image", [None] * len(texts)).cast(_MIXED))
+    if images is not None:
+        images = images.select_columns(["image"])
+        parts.append(images.add_column("captions", [[]] * len(images)).cast(_MIXED))
+    return datasets.concatenate_datasets(parts)
+
+
 def load_task_data(task: str, data: str, *, splits=("train", "validation"), image_dir: str | None = None,
                    annotations_file: str | None = None, instances_file: str | None = None,
                    validation_data: str | None = None, validation_annotations_file: str | None = None,
@@ -244,4 +271,4 @@ def make_dataloader(ds: datasets.Dataset, collator, batch_size: int, *, shuffle:
 
 
 __all__ = ["EpochSampler", "UserError", "add_data_args", "data_kwargs", "load_captions", "load_task_data",
-           "make_dataloader", "run_cli", "user_errors"]
+           "make_dataloader", "mix_sources", "read_text_lines", "run_cli", "user_errors"]

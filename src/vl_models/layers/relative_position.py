@@ -1,0 +1,60 @@
+"""BEiT / VLMo relative position bias for image tokens: one learned scalar per (relative offset, head, layer).
+
+The bias is additive on the attention scores and goes through the attention interface as `position_bias`, so
+eager and sdpa agree (flash attention takes no bias: models using it set `_supports_flash_attn = False`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+
+@lru_cache(maxsize=8)
+def relative_position_index(grid: tuple[int, int]) -> torch.Tensor:
+    """[1 + N, 1 + N] long index into the bias table for a CLS token followed by an h x w patch grid.
+
+    Patch pairs use (dy + h - 1) * (2w - 1) + (dx + w - 1); the last three entries are CLS->patch, patch->CLS and
+    CLS->CLS (BEiT's layout), so the table has (2h - 1) * (2w - 1) + 3 rows.
+    """
+    height, width = grid
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()])  # [2, N]
+    rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N]
+    patch_index = (rel[0] + height - 1) * (2 * width - 1) + (rel[1] + width - 1)
+    num_patch_offsets = (2 * height - 1) * (2 * width - 1)
+    n = height * width
+    index = torch.empty(1 + n, 1 + n, dtype=torch.long)
+    index[1:, 1:] = patch_index
+    index[0, 1:] = num_patch_offsets
+    index[1:, 0] = num_patch_offsets + 1
+    index[0, 0] = num_patch_offsets + 2
+    return index
+
+
+class RelativePositionBias(nn.Module):
+    """Bias tables of `num_layers` layers with `num_heads` heads each over a fixed patch `grid` (h, w).
+
+    `forward(text_length)` -> [num_layers, H, T + 1 + N, T + 1 + N]: the image block (CLS + patches, after
+    `text_length` text tokens) gets the learned bias, text rows and columns get zero.
+    """
+
+    def __init__(self, grid: tuple[int, int], num_heads: int, num_layers: int):
+        super().__init__()
+        self.grid, self.num_heads, self.num_layers = tuple(grid), num_heads, num_layers
+        rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+        self.table = nn.Parameter(torch.zeros(rows, num_layers * num_heads))
+
+    def forward(self, text_length: int = 0) -> torch.Tensor:
+        index = relative_position_index(self.grid).to(self.table.device)
+        size = index.shape[0]
+        bias = self.table[index.view(-1)].view(size, size, self.num_layers, self.num_heads)
+        bias = bias.permute(2, 3, 0, 1)  # [layers, H, 1 + N, 1 + N]
+        if text_length:
+            bias = nn.functional.pad(bias, (text_length, 0, text_length, 0))  # text tokens: no bias
+        return bias
+
+
+__all__ = ["RelativePositionBias", "relative_position_index"]

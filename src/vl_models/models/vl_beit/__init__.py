@@ -1,0 +1,74 @@
+from transformers import AutoConfig, AutoModel
+
+from ...registry import Method
+from .configuration_vl_beit import VlBeitConfig, VlBeitTokenizerConfig
+from .downstream_vl_beit import (
+    VlBeitForImageClassification,
+    VlBeitForImagesAndTextClassification,
+    VlBeitForImageTextRetrieval,
+    VlBeitForQuestionAnswering,
+    VlBeitForVisualGrounding,
+)
+from .modeling_vl_beit import VlBeitModel, VlBeitPreTrainedModel
+from .pretraining_vl_beit import VlBeitForPreTraining
+from .processing_vl_beit import VlBeitProcessor
+from .tokenizer_vl_beit import VlBeitTokenizerOutput, VlBeitVisualTokenizer
+
+# VL experts in the top layers (VLMo: 2 of 12 at base, 3 of 24 at large); the visual tokenizer's codebook (ours
+# at tiny/small; BEiT v2's 8192 x 32 at base/large) and decoder depth (BEiT v2 recommends 3)
+_PRESETS = {
+    "tiny": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 32, "code_dim": 8, "decoder_layers": 1}},
+    "small": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 1024, "code_dim": 16, "decoder_layers": 1}},
+    "base": {"num_vl_layers": 2},
+    "large": {"num_vl_layers": 3, "layer_scale_init_value": 1e-5},
+}
+
+METHOD = Method(
+    name="vl_beit",
+    config_class=VlBeitConfig,
+    model_class=VlBeitModel,
+    pretraining_class=VlBeitForPreTraining,
+    processor_class=VlBeitProcessor,
+    task_classes={
+        "retrieval": VlBeitForImageTextRetrieval,
+        "vqa": VlBeitForQuestionAnswering,
+        "grounding": VlBeitForVisualGrounding,
+        "nlvr2": VlBeitForImagesAndTextClassification,
+    },
+    presets=_PRESETS,
+    objectives=("mlm", "mim", "mvlm"),
+    paper="VL-BEiT: Generative Vision-Language Pretraining (Bao, Wang et al., 2022), arXiv 2206.01127",
+)
+
+# the visual tokenizer is trained on its own (examples/pretrain.py --method vl_beit_tokenizer) and loads with
+# AutoModel; it is not a VLP method, so it stays out of the method registry
+AutoConfig.register(VlBeitTokenizerConfig.model_type, VlBeitTokenizerConfig, exist_ok=True)
+AutoModel.register(VlBeitTokenizerConfig, VlBeitVisualTokenizer, exist_ok=True)
+
+
+def tokenizer_config(size: str = "base", **overrides) -> VlBeitTokenizerConfig:
+    """The visual tokenizer of `VlBeitConfig` at a named size (its `tokenizer_config`), keyword overrides win."""
+    from ...presets import merge
+    from ...registry import get_config
+
+    config = get_config("vl_beit", size).tokenizer_config.to_dict()
+    return VlBeitTokenizerConfig(**merge(config, overrides))
+
+
+__all__ = [
+    "METHOD",
+    "VlBeitConfig",
+    "VlBeitForImageClassification",
+    "VlBeitForImagesAndTextClassification",
+    "VlBeitForImageTextRetrieval",
+    "VlBeitForPreTraining",
+    "VlBeitForQuestionAnswering",
+    "VlBeitForVisualGrounding",
+    "VlBeitModel",
+    "VlBeitPreTrainedModel",
+    "VlBeitProcessor",
+    "VlBeitTokenizerConfig",
+    "VlBeitTokenizerOutput",
+    "VlBeitVisualTokenizer",
+    "tokenizer_config",
+]

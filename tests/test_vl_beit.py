@@ -1,0 +1,346 @@
+"""VL-BEiT at size tiny: the relative position bias against BEiT's formula, expert routing per pass, text-only /
+image-only / paired / mixed batches, the MIM and MVLM losses against per-position references, the visual tokenizer
+(deterministic codes, its own training loss, save/load) and where the MIM targets come from."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+import torch.nn.functional as F
+from huggingface_hub.errors import StrictDataclassClassValidationError as ConfigError
+from PIL import Image
+from torch import nn
+from transformers import AutoModel, AutoModelForPreTraining, AutoProcessor
+
+import vl_models
+from conftest import make_batch
+from vl_models.data.collators import PreTrainingCollator
+from vl_models.layers.relative_position import RelativePositionBias, relative_position_index
+from vl_models.models.vl_beit import (
+    VlBeitForImageClassification,
+    VlBeitForPreTraining,
+    VlBeitTokenizerConfig,
+    VlBeitVisualTokenizer,
+    tokenizer_config,
+)
+from vl_models.training.data import mix_sources
+
+NO_DROPOUT = {"text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+N = 16  # tiny: 32x32 images in 8x8 patches
+
+
+def tiny(**overrides):
+    return vl_models.get_config("vl_beit", "tiny", **overrides)
+
+
+def build(seed=0, **overrides) -> VlBeitForPreTraining:
+    torch.manual_seed(seed)
+    return VlBeitForPreTraining(tiny(**overrides))
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_relative_position_index_matches_beit_formula():
+    h, w = 2, 3
+    index = relative_position_index((h, w))
+    offsets = (2 * h - 1) * (2 * w - 1)
+    for i in range(h * w):
+        for j in range(h * w):
+            dy, dx = i // w - j // w, i % w - j % w
+            assert index[1 + i, 1 + j] == (dy + h - 1) * (2 * w - 1) + (dx + w - 1)
+    assert (index[0, 1:] == offsets).all() and (index[1:, 0] == offsets + 1).all() and index[0, 0] == offsets + 2
+    bias_module = RelativePositionBias((h, w), num_heads=2, num_layers=3)
+    nn.init.normal_(bias_module.table)
+    bias = bias_module(text_length=4)  # [layers, H, 4 + 1 + 6, ...]
+    assert bias.shape == (3, 2, 11, 11)
+    assert bias[:, :, :4].abs().sum() == 0 and bias[:, :, :, :4].abs().sum() == 0  # text tokens: no bias
+    table = bias_module.table.view(-1, 3, 2)
+    torch.testing.assert_close(bias[1, 0, 4:, 4:], table[index, 1, 0])
+
+
+def test_eager_and_sdpa_agree_with_a_strong_position_bias_and_padding():
+    model = build(**NO_DROPOUT).eval()
+    with torch.no_grad():
+        model.vl_beit.relative_position.table.normal_(0, 3.0)  # large enough to change every attention row
+    batch = make_batch(model.config)
+    outs = {}
+    for impl in ("eager", "sdpa"):
+        model.config.vision_config._attn_implementation_internal = impl
+        outs[impl] = model.vl_beit.encode_pair(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(outs["sdpa"], outs["eager"], atol=1e-5, rtol=1e-4)
+    model.config.vision_config._attn_implementation_internal = "eager"
+    with torch.no_grad():
+        model.vl_beit.relative_position.table.zero_()
+    assert not torch.allclose(model.vl_beit.encode_pair(batch["pixel_values"], batch["input_ids"],
+                                                        batch["attention_mask"]), outs["eager"], atol=1e-3)
+
+
+def expert_calls(model) -> list:
+    calls = []
+    for i, layer in enumerate(model.vl_beit.layers):
+        for name, expert in layer.experts.items():
+            expert.register_forward_hook(lambda m, a, o, i=i, name=name: calls.append((i, name, a[0].shape[1])))
+    return calls
+
+
+def test_routing_keeps_modalities_apart_below_the_vl_layers():
+    model = build(vision_config={"num_hidden_layers": 3}, num_vl_layers=1).eval()
+    calls = expert_calls(model)
+    batch = make_batch(model.config)
+    t = batch["input_ids"].shape[1]
+    model.vl_beit.encode_text(batch["input_ids"], batch["attention_mask"])
+    assert calls == [(i, "text", t) for i in range(3)]  # text alone: the language expert in every layer
+    calls.clear()
+    model.vl_beit.encode_image(batch["pixel_values"])
+    assert calls == [(i, "image", 1 + N) for i in range(3)]
+    calls.clear()
+    model.vl_beit.encode_pair(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    assert calls == [(0, "text", t), (0, "image", 1 + N), (1, "text", t), (1, "image", 1 + N), (2, "vl", t + 1 + N)]
+
+
+def test_text_only_image_only_paired_and_mixed_batches():
+    model = build().train()
+    batch = make_batch(model.config)
+    text = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], generator=gen())
+    assert torch.isfinite(text.loss_mlm) and text.loss_mim is None and text.loss_mvlm is None
+    torch.testing.assert_close(text.loss, text.loss_mlm)
+    image = model(pixel_values=batch["pixel_values"], generator=gen())
+    assert torch.isfinite(image.loss_mim) and image.loss_mlm is None and image.loss_mvlm is None
+    assert image.image_mask.sum(1).eq(model.config.num_masking_patches).all()
+    # a mixed batch: 4 pairs, 3 text-only rows, 2 image-only rows, without borrowing from the pairs
+    model = build(unimodal_from_pairs=False).train()
+    other = make_batch(model.config, batch_size=3, seq_len=7, seed=1)
+    out = model(**batch, text_input_ids=other["input_ids"], text_attention_mask=other["attention_mask"],
+                image_pixel_values=other["pixel_values"][:2], generator=gen())
+    assert all(torch.isfinite(out[k]) for k in ("loss_mlm", "loss_mim", "loss_mvlm"))
+    out.loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    pairs_only = model(**batch, generator=gen())
+    assert pairs_only.loss_mlm is None and pairs_only.loss_mim is None
+    torch.testing.assert_close(pairs_only.loss, pairs_only.loss_mvlm)
+
+
+def test_mim_and_mvlm_losses_match_per_position_references():
+    model = build(**NO_DROPOUT).eval()
+    batch = make_batch(model.config)
+    mask = torch.zeros(4, N, dtype=torch.bool)
+    mask[:, [1, 5, 6, 9]] = True
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[:, 3] = batch["input_ids"][:, 3]
+    masked = batch["input_ids"].clone()
+    masked[:, 3] = model.config.text_config.mask_token_id
+    out = model(**batch, mlm_input_ids=masked, mlm_labels=labels, bool_masked_pos=mask, generator=gen())
+    assert torch.equal(out.image_mask, mask)
+    targets = model.mim_targets(batch["pixel_values"])
+    # image-only MIM (the pairs' images, same mask): CE at every masked patch, one by one
+    hidden = model.vl_beit.encode_image(batch["pixel_values"], bool_masked_pos=mask)
+    ce = [F.cross_entropy(model.mim_head(hidden[b, 1 + n])[None], targets[b, n][None])
+          for b in range(4) for n in range(N) if mask[b, n]]
+    torch.testing.assert_close(out.loss_mim, torch.stack(ce).mean())
+    # MVLM: the masked caption and masked patches, read from one joint pass
+    joint = model.vl_beit.encode_pair(batch["pixel_values"], masked, batch["attention_mask"], bool_masked_pos=mask)
+    t = masked.shape[1]
+    text_ce = torch.stack([F.cross_entropy(model.mlm_head(joint[b, 3])[None], labels[b, 3][None]) for b in range(4)])
+    image_ce = [F.cross_entropy(model.mim_head(joint[b, t + 1 + n])[None], targets[b, n][None])
+                for b in range(4) for n in range(N) if mask[b, n]]
+    torch.testing.assert_close(out.loss_mvlm, text_ce.mean() + torch.stack(image_ce).mean())
+    torch.testing.assert_close(out.mlm_logits, model.mlm_head(joint[:, 3]))
+
+
+def test_pairs_mask_more_text_than_text_only_rows():
+    model = build(mvlm_probability=0.5, mlm_probability=0.15).eval()
+    text = model.config.text_config
+    ids = make_batch(model.config, batch_size=32, seq_len=24)["input_ids"]
+    ids[1, -3:] = text.sep_token_id  # no padding in this batch
+    pair = model(pixel_values=torch.randn(32, 3, 32, 32), input_ids=ids, generator=gen())
+    alone = model(input_ids=ids, generator=gen())
+    content = 32 * 22
+    assert 0.4 < pair.mlm_logits.shape[0] / content < 0.6
+    assert 0.1 < alone.mlm_logits.shape[0] / content < 0.2
+
+
+def test_tokenizer_codes_are_deterministic_and_it_trains_on_its_own(tmp_path):
+    torch.manual_seed(0)
+    tokenizer = VlBeitVisualTokenizer(tokenizer_config("tiny"))
+    pixels = torch.randn(4, 3, 32, 32)
+    tokenizer.eval()
+    first = tokenizer.get_codebook_indices(pixels)
+    assert first.shape == (4, N) and first.dtype == torch.long
+    assert torch.equal(tokenizer.get_codebook_indices(pixels), first)
+    out = tokenizer.eval()(pixel_values=pixels)
+    assert torch.equal(out.indices, first)  # eval forward touches no codebook state either
+    assert torch.equal(tokenizer.get_codebook_indices(pixels), first)
+    tokenizer.train()
+    out = tokenizer(pixel_values=pixels, generator=gen())
+    torch.testing.assert_close(out.loss, out.loss_vq + out.loss_rec)
+    assert out.reconstruction.shape == (4, N, 8 * 8 * 3)
+    out.loss.backward()
+    assert [n for n, p in tokenizer.named_parameters() if p.requires_grad and p.grad is None] == []
+    tokenizer.eval().save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is VlBeitVisualTokenizer
+    assert torch.equal(loaded.get_codebook_indices(pixels), tokenizer.get_codebook_indices(pixels))
+
+
+def test_tokenizer_reconstructs_teacher_features():
+    config = tokenizer_config("tiny", reconstruction_target="features", teacher_dim=12)
+    tokenizer = VlBeitVisualTokenizer(config).train()
+    pixels, teacher = torch.randn(2, 3, 32, 32), torch.randn(2, N, 12)
+    out = tokenizer(pixel_values=pixels, teacher_features=teacher)
+    expected = (1 - F.cosine_similarity(out.reconstruction, teacher, dim=-1)).mean()
+    torch.testing.assert_close(out.loss_rec, expected)
+    with pytest.raises(ValueError, match="teacher_features"):
+        tokenizer(pixel_values=pixels)
+    with pytest.raises(ValueError, match="teacher_features"):
+        tokenizer(pixel_values=pixels, teacher_features=teacher[:, :3])
+    with pytest.raises(ConfigError, match="teacher_dim"):
+        VlBeitTokenizerConfig(reconstruction_target="features")
+
+
+def test_a_trained_tokenizer_becomes_part_of_the_model(tmp_path):
+    torch.manual_seed(1)
+    tokenizer = VlBeitVisualTokenizer(tokenizer_config("tiny"))
+    model = build()
+    pixels = make_batch(model.config)["pixel_values"]
+    assert not torch.equal(model.mim_targets(pixels), tokenizer.get_codebook_indices(pixels))
+    model.set_visual_tokenizer(tokenizer)
+    assert torch.equal(model.mim_targets(pixels), tokenizer.eval().get_codebook_indices(pixels))
+    assert not any(p.requires_grad for p in tokenizer.parameters())
+    model.train()
+    assert not model.visual_tokenizer.training
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForPreTraining.from_pretrained(tmp_path)
+    assert torch.equal(loaded.mim_targets(pixels), model.mim_targets(pixels))
+    with pytest.raises(ValueError, match="visual_tokenizer"):
+        model.set_visual_tokenizer(VlBeitVisualTokenizer(tokenizer_config("tiny", num_codes=8)))
+
+
+class FixedTokenizer(nn.Module):
+    """A frozen external tokenizer: the code of a patch is its quantised mean brightness."""
+
+    def forward(self, pixel_values):
+        patches = F.avg_pool2d(pixel_values.mean(1, keepdim=True), 8).flatten(1)  # [B, N]
+        return ((patches.clamp(-1, 1) + 1) * 15.99).long()
+
+
+def test_any_frozen_tokenizer_gives_the_targets_and_stays_out_of_checkpoints(tmp_path):
+    model = VlBeitForPreTraining(tiny(), visual_tokenizer=FixedTokenizer())
+    batch = make_batch(model.config)
+    assert torch.equal(model.mim_targets(batch["pixel_values"]), FixedTokenizer()(batch["pixel_values"]))
+    assert not any(k.startswith("visual_tokenizer.") for k in model.state_dict())
+    model.train()(**batch, generator=gen()).loss.backward()
+    model.save_pretrained(tmp_path)
+    loaded = VlBeitForPreTraining.from_pretrained(tmp_path, visual_tokenizer=FixedTokenizer())
+    assert torch.equal(loaded.mim_targets(batch["pixel_values"]), model.mim_targets(batch["pixel_values"]))
+
+
+def test_bad_inputs_name_the_argument():
+    model = build().eval()
+    batch = make_batch(model.config)
+    with pytest.raises(ValueError, match="bool_masked_pos"):
+        model(**batch, bool_masked_pos=torch.zeros(4, N + 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="image_bool_masked_pos"):
+        model(image_pixel_values=batch["pixel_values"], image_bool_masked_pos=torch.zeros(4, N))
+    with pytest.raises(ValueError, match="text_input_ids"):
+        model(input_ids=batch["input_ids"], text_input_ids=batch["input_ids"])
+    with pytest.raises(ValueError, match="text_mlm_labels"):
+        model(text_input_ids=batch["input_ids"], text_mlm_input_ids=batch["input_ids"])
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(**{**batch, "attention_mask": batch["attention_mask"][:, :5]})
+    with pytest.raises(ValueError, match="none of them"):
+        model()
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.vl_beit.encode_image(torch.randn(2, 3, 48, 48), interpolate_pos_encoding=True)
+
+
+def test_invalid_configs_fail_when_built():
+    with pytest.raises(ConfigError, match="hidden_size"):
+        tiny(text_config={"hidden_size": 64, "num_attention_heads": 2})
+    with pytest.raises(ConfigError, match="num_vl_layers"):
+        tiny(num_vl_layers=3)
+    with pytest.raises(ConfigError, match="tokenizer_config"):
+        tiny(tokenizer_config={"vision_config": {"image_size": 64, "patch_size": 8}})
+    with pytest.raises(ConfigError, match="mim_mask_ratio"):
+        tiny(mim_mask_ratio=1.0)
+    with pytest.raises(ConfigError, match="mvlm_probability"):
+        tiny(mvlm_probability=1.5)
+    config = tiny()
+    assert not hasattr(config, "queue_size") and config.num_masking_patches == round(0.4 * N)
+    assert vl_models.get_config("vl_beit", "base").num_masking_patches == 78
+    assert vl_models.get_config("vl_beit", "base").tokenizer_config.num_codes == 8192
+
+
+def test_image_classification_reads_the_vision_path_alone():
+    config = tiny(id2label={i: str(i) for i in range(5)})
+    model = VlBeitForImageClassification(config).train()
+    calls = expert_calls(model)
+    out = model(pixel_values=torch.randn(3, 3, 32, 32), labels=torch.tensor([0, 4, 2]))
+    assert out.logits.shape == (3, 5) and {name for _, name, _ in calls} == {"image"}
+    out.loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_processor_round_trip_and_unimodal_calls(tmp_path):
+    processor = vl_models.build_processor("vl_beit", "tiny")
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is vl_models.VlBeitProcessor
+    image = torch.rand(3, 32, 32)
+    assert set(loaded(text=["a red circle"])) == {"input_ids", "attention_mask"}
+    assert set(loaded(images=[image])) == {"pixel_values"}
+    model = build().eval()
+    out = model(**loaded(images=[image, image], text=["a red circle", "two squares"]), generator=gen())
+    assert torch.isfinite(out.loss)
+
+
+def test_collator_sorts_a_mixed_batch_by_kind_and_the_model_trains_on_it():
+    g = gen(5)
+    pil = [Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()) for _ in range(3)]
+    pairs = datasets.Dataset.from_dict({"image": pil[:2], "captions": [["a red circle"], ["two blue squares"]],
+                                        "image_id": [0, 1]}).cast_column("image", datasets.Image())
+    texts = datasets.Dataset.from_dict({"captions": [["a green triangle left of a circle"]]})
+    only_images = datasets.Dataset.from_dict({"image": pil[2:]}).cast_column("image", datasets.Image())
+    mixed = mix_sources(pairs, texts, only_images)
+    assert len(mixed) == 4 and mixed[2]["image"] is None and mixed[3]["captions"] == []
+    config = tiny()
+    processor = vl_models.build_processor("vl_beit", "tiny")
+    collator = PreTrainingCollator(processor, config, VlBeitForPreTraining, seed=3)
+    batch = collator([{**mixed[i], "__index__": i} for i in (3, 0, 2, 1)])
+    assert batch["pixel_values"].shape[0] == 2 and batch["text_input_ids"].shape[0] == 1
+    assert batch["image_pixel_values"].shape[0] == 1
+    assert batch["bool_masked_pos"].sum(1).eq(config.num_masking_patches).all()
+    assert batch["image_bool_masked_pos"].shape == (1, N)
+    assert {"mlm_input_ids", "mlm_labels", "text_mlm_input_ids", "text_mlm_labels"} <= set(batch)
+    # the same rows in another order draw the same masks (per-sample generators)
+    again = collator([{**mixed[i], "__index__": i} for i in (1, 2, 0, 3)])
+    assert torch.equal(again["text_mlm_labels"], batch["text_mlm_labels"])
+    assert torch.equal(again["image_bool_masked_pos"], batch["image_bool_masked_pos"])
+    model = build(unimodal_from_pairs=False).train()
+    out = model(**batch, generator=gen())
+    assert all(torch.isfinite(out[k]) for k in ("loss_mlm", "loss_mim", "loss_mvlm"))
+    assert torch.equal(out.image_mask, batch["bool_masked_pos"])
+
+
+@pytest.mark.slow
+def test_pretrain_script_trains_the_tokenizer_then_vl_beit_on_mixed_data(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
+    spec = importlib.util.spec_from_file_location("vl_examples_pretrain_vl_beit", path)
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    common = ["--size", "tiny", "--num_train_images", "24", "--num_val_images", "8", "--per_device_train_batch_size",
+              "8", "--max_train_steps", "2", "--eval_steps", "0", "--logging_steps", "1"]
+    pretrain.main(["--method", "vl_beit_tokenizer", *common, "--output_dir", str(tmp_path / "tok")])
+    text_file = tmp_path / "texts.txt"
+    text_file.write_text("a red circle\n\ntwo blue squares above a triangle\n")
+    pretrain.main(["--method", "vl_beit", *common, "--text_data", str(text_file), "--image_data", "shapes",
+                   "--visual_tokenizer", str(tmp_path / "tok"), "--output_dir", str(tmp_path / "vl_beit")])
+    tokenizer = VlBeitVisualTokenizer.from_pretrained(tmp_path / "tok").eval()
+    model = AutoModelForPreTraining.from_pretrained(tmp_path / "vl_beit")
+    pixels = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model.mim_targets(pixels), tokenizer.get_codebook_indices(pixels))
