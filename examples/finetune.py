@@ -27,6 +27,7 @@ from vl_models.training import (
     FINETUNE_DEFAULTS,
     PRIMARY_METRIC,
     LossMeter,
+    NonFiniteGuard,
     Throughput,
     add_data_args,
     add_training_args,
@@ -142,6 +143,7 @@ def main(argv=None) -> dict:
     accelerator.log({"data/train_examples": len(data["train"]), "data/skipped_images": info["skipped_images"]},
                     step=step)
     meter, speed, metrics = LossMeter(), Throughput(), {}
+    guard = NonFiniteGuard(args.max_consecutive_skips)  # a non-finite loss skips the update on every process
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=args.task)
     micro_step, start_epoch = step * args.gradient_accumulation_steps, step // per_epoch
     takes_generator = accepts(model_class, "generator")
@@ -156,16 +158,20 @@ def main(argv=None) -> dict:
                     batch["generator"] = step_generator(args.seed, micro_step, accelerator.process_index,
                                                         accelerator.device)
                 out = model(**batch)
+                guard.observe(out)
                 accelerator.backward(out.loss)
                 micro_step += 1
                 meter.update(out)
                 speed.update(batch["input_ids"].shape[0] * accelerator.num_processes)
                 if accelerator.sync_gradients:
-                    grad_norm, _ = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
+                    grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm,
+                                                        guard=guard)
             if not accelerator.sync_gradients:
                 continue
             step += 1
             bar.update(1)
+            if skipped:
+                accelerator.log(guard.event, step=step)  # which loss term broke, averaged over processes
             if step % args.logging_steps == 0 or step == total:
                 values = meter.mean(accelerator)
                 accelerator.log({**values, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,

@@ -36,6 +36,7 @@ from vl_models.processing import build_processor
 from vl_models.training import (
     TRAINING_PRESETS,
     LossMeter,
+    NonFiniteGuard,
     Throughput,
     UserError,
     add_training_args,
@@ -241,6 +242,7 @@ def main(argv=None) -> dict:
                 len(data["train"]), total, per_epoch, batch_size, accelerator.num_processes,
                 args.gradient_accumulation_steps)
     meter, speed, metrics = LossMeter(), Throughput(), {}
+    guard = NonFiniteGuard(args.max_consecutive_skips)  # a non-finite loss skips the update on every process
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc="pre-training")
     micro_step, start_epoch = step * args.gradient_accumulation_steps, step // per_epoch
     model.train()
@@ -254,18 +256,20 @@ def main(argv=None) -> dict:
                 extra = {"alpha": ramp(config.alpha, step, alpha_steps)} if ramp_alpha else {}
                 generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
                 out = model(**batch, generator=generator, **extra)
+                guard.observe(out)
                 accelerator.backward(out.loss)
                 micro_step += 1
                 meter.update(out)
                 speed.update(batch_rows(batch) * accelerator.num_processes)
                 if accelerator.sync_gradients:
-                    grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
+                    grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm,
+                                                        guard=guard)
             if not accelerator.sync_gradients:
                 continue
             step += 1
             bar.update(1)
             if skipped:
-                logger.warning("update %d skipped: non-finite gradient norm", step)
+                accelerator.log(guard.event, step=step)  # which loss term broke, averaged over processes
             if step % args.logging_steps == 0 or step == total:
                 values = meter.mean(accelerator)
                 values.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch,

@@ -441,7 +441,7 @@ def test_build_processor_tokenizer_choices(tmp_path):
         (dict(processor_class=VlProcessor, image_size=0), "`image_size` must be a positive int"),
         (
             dict(processor_class=VlProcessor, image_size=8, max_length=0),
-            "`max_length` must be a positive int",
+            "`max_length` must be an int >= 2",
         ),
         (
             dict(processor_class=VlProcessor, image_size=8, tokenizer=3.5),

@@ -6,10 +6,40 @@ Configs are transformers 5 typed dataclasses. Invalid values fail when the confi
 
 from __future__ import annotations
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
 
 from .utils import check_range
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+
+
+def _check_number(name: str, value, low: float, high: float = math.inf, *, low_inclusive: bool = True) -> None:
+    """A finite (or +inf when high is inf) real number in [low, high) — (low, high) without low_inclusive."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+    ok = ok and (value >= low if low_inclusive else value > low) and (value < high or high == math.inf)
+    if not ok:
+        interval = f"a number in {'[' if low_inclusive else '('}{low}, {high})" if low > -math.inf else "a real number"
+        raise ValueError(f"`{name}` must be {interval}, got {type(value).__name__} {value!r}")
+
+
+def _check_tower(prefix: str, config, layer_minimum: int) -> None:
+    """Sizes, probabilities, epsilon and activation shared by both towers."""
+    for name in ("hidden_size", "num_attention_heads", "intermediate_size"):
+        _check_int(f"{prefix}.{name}", getattr(config, name), 1)
+    _check_int(f"{prefix}.num_hidden_layers", config.num_hidden_layers, layer_minimum)
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        _check_number(f"{prefix}.{name}", getattr(config, name), 0.0, 1.0)
+    _check_number(f"{prefix}.layer_norm_eps", config.layer_norm_eps, 0.0, low_inclusive=False)
+    _check_number(f"{prefix}.initializer_range", config.initializer_range, 0.0)
+    if config.hidden_act not in ACT2FN:
+        raise ValueError(f"`{prefix}.hidden_act` must be one of {sorted(ACT2FN)}, got {config.hidden_act!r}")
 
 
 def _check_heads(name: str, hidden_size: int, num_heads: int) -> None:
@@ -26,6 +56,19 @@ class VlPreTrainedConfig(PreTrainedConfig):
     def register_for_auto_class(cls, auto_class="AutoConfig"):
         """No-op: transformers' copy of a class's source file cannot follow our package imports; checkpoints get
         thin shims from `vl_models.hub.remote_code` instead."""
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # transformers only warns when a checkpoint of another model type is loaded, then builds a model whose
+        # weights are all missing (randomly initialised): a silent wrong result, so refuse it here
+        found = config_dict.get("model_type") if isinstance(config_dict, dict) else None
+        if found is not None and getattr(cls, "model_type", None) and found != cls.model_type:
+            raise ValueError(
+                f"the checkpoint's config.json has model_type {found!r}, but {cls.__name__} is for "
+                f"{cls.model_type!r}: it holds another method's weights. Load it with that method's classes (e.g. "
+                f"AutoModelForPreTraining.from_pretrained), or build a {cls.model_type!r} model from a config"
+            )
+        return super().from_dict(config_dict, **kwargs)
 
 
 @strict
@@ -52,6 +95,9 @@ class VisionTowerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def validate_architecture(self):
+        _check_tower("vision_config", self, 1)
+        for name in ("image_size", "patch_size", "num_channels"):
+            _check_int(f"vision_config.{name}", getattr(self, name), 1)
         _check_heads("vision_config", self.hidden_size, self.num_attention_heads)
         if self.patch_size < 1 or self.image_size % self.patch_size != 0:
             raise ValueError(
@@ -95,6 +141,11 @@ class TextTowerConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def validate_architecture(self):
+        _check_tower("text_config", self, 0)
+        _check_int("text_config.num_fusion_layers", self.num_fusion_layers, 0)
+        _check_int("text_config.max_position_embeddings", self.max_position_embeddings, 2)  # [CLS] and [SEP]
+        _check_int("text_config.type_vocab_size", self.type_vocab_size, 1)
+        _check_int("text_config.vocab_size", self.vocab_size, 5)
         _check_heads("text_config", self.hidden_size, self.num_attention_heads)
         if self.vocab_size < 5:
             raise ValueError(f"`text_config.vocab_size` must be at least 5 (the special tokens), got {self.vocab_size}")
@@ -134,14 +185,13 @@ class AlignFuseConfig(VlPreTrainedConfig):
     initializer_range: float = 0.02
 
     def validate_objectives(self):
+        for name in ("temperature", "momentum", "alpha", "mlm_probability"):
+            _check_number(name, getattr(self, name), -math.inf)  # a real number; the ranges follow
         check_range("temperature", self.temperature, 0.001, 0.5, high_inclusive=True)
         check_range("momentum", self.momentum, 0.0, 1.0, high_inclusive=True)
         check_range("alpha", self.alpha, 0.0, 1.0, high_inclusive=True)
         check_range("mlm_probability", self.mlm_probability, 0.0, 1.0, high_inclusive=True)
-        if self.queue_size < 0:
-            raise ValueError(f"`queue_size` must be >= 0, got {self.queue_size}")
-        if self.embed_dim < 1:
-            raise ValueError(f"`embed_dim` must be >= 1, got {self.embed_dim}")
+        _check_int("queue_size", self.queue_size, 0)
+        _check_int("embed_dim", self.embed_dim, 1)
         for name in ("itc_weight", "itm_weight", "mlm_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+            _check_number(name, getattr(self, name), 0.0)  # also refuses NaN, which `< 0` lets through

@@ -17,6 +17,19 @@ from .layers.momentum import FeatureQueue
 from .layers.transformer import LayerScale
 
 
+def _raise_on_mismatch(cls, source, loading_info: dict) -> None:
+    mismatched = sorted(loading_info.get("mismatched_keys") or [])
+    if not mismatched:
+        return
+    listed = "; ".join(f"{key}: checkpoint {tuple(saved)} vs model {tuple(built)}" for key, saved, built in mismatched[:8])
+    more = f"; and {len(mismatched) - 8} more" if len(mismatched) > 8 else ""
+    raise ValueError(
+        f"{source} does not fit {cls.__name__}: {len(mismatched)} tensors have other shapes ({listed}{more}). "
+        "The config given or overridden differs from the one the checkpoint was trained with; pass "
+        "ignore_mismatched_sizes=True to re-initialise those tensors instead"
+    )
+
+
 class VlPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # our attention adds no score bias in the align-fuse family, so every kernel applies; methods that add a
@@ -57,13 +70,22 @@ class VlPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        # transformers loads every tensor into a new Parameter with requires_grad=True, which would unfreeze
-        # momentum teachers and unused projections (and break DDP on resume): freeze what the constructor froze
+        # transformers raises a bare RuntimeError pointing at a logged table when shapes differ: load with
+        # ignore_mismatched_sizes and raise a ValueError that names the keys and both shapes instead
+        check_sizes = not kwargs.get("ignore_mismatched_sizes", False)
+        want_info = kwargs.get("output_loading_info", False)
+        if check_sizes:
+            kwargs.update(ignore_mismatched_sizes=True, output_loading_info=True)
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # transformers loads every tensor into a new Parameter with requires_grad=True, which would unfreeze
+        # momentum teachers and unused projections (and break DDP on resume): freeze what the constructor froze
         params = dict(model.named_parameters())
         for name in model._frozen_parameter_names:
             params[name].requires_grad_(False)
+        if check_sizes:
+            _raise_on_mismatch(cls, args[0] if args else kwargs.get("pretrained_model_name_or_path"), loaded[1])
+            return loaded if want_info else model
         return loaded
 
     @torch.no_grad()

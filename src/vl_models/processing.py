@@ -53,6 +53,13 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
+def _max_length(value) -> int:
+    # below 2 the tokenizer cannot fit [CLS] and [SEP] and silently ignores the limit
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"`max_length` must be an int >= 2 (it counts [CLS] and [SEP]), got {describe(value)}")
+    return value
+
+
 def _describe_image(image) -> str:
     if isinstance(image, np.ndarray):
         return f"a {image.dtype} array of shape {image.shape}"
@@ -133,6 +140,7 @@ def _array_to_hwc(array: np.ndarray, channels_first: bool | None) -> np.ndarray:
         )
     if array.size == 0:
         raise ValueError(f"`images` must not be empty, got {_describe_image(array)}")
+    _check_pixels(array, *sorted(array.shape)[-2:])  # height and width: the two largest axes
     array = _scale_to_255(array)
     if array.ndim == 2:
         return array[..., None]
@@ -149,11 +157,29 @@ def _array_to_hwc(array: np.ndarray, channels_first: bool | None) -> np.ndarray:
     return array
 
 
+def _check_pixels(image, height: int, width: int) -> None:
+    """Refuse what PIL.Image.open refuses as a decompression bomb, more than twice `PIL.Image.MAX_IMAGE_PIXELS`
+    (None lifts it), for arrays and lazily opened images too, before decoding or converting them."""
+    limit = PIL.Image.MAX_IMAGE_PIXELS
+    if limit is not None and height * width > 2 * limit:
+        raise ValueError(
+            f"`images` must have at most 2 x PIL.Image.MAX_IMAGE_PIXELS = {2 * limit} pixels (a decompression "
+            f"bomb guard; raise the limit, or set it to None, for trusted data), got {height} x {width} = "
+            f"{height * width} pixels in {_describe_image(image)}"
+        )
+
+
 def _to_hwc(image, input_data_format) -> np.ndarray:
     if isinstance(image, PIL.Image.Image):
         if 0 in image.size:
             raise ValueError(f"`images` must not be empty, got {_describe_image(image)}")
-        return _pil_to_hwc(image)
+        _check_pixels(image, image.height, image.width)  # before decoding a lazily opened file
+        try:
+            return _pil_to_hwc(image)
+        except (OSError, SyntaxError) as error:  # PIL decodes lazily: truncated or corrupt data fails here
+            raise ValueError(
+                f"`images` must be decodable, got {_describe_image(image)} whose data does not decode: {error}"
+            ) from None
     channels_first = None
     if input_data_format is not None:
         channels_first = ChannelDimension(input_data_format) == ChannelDimension.FIRST
@@ -418,7 +444,7 @@ class VlProcessor(ProcessorMixin):
             )
         tokenizer = default_tokenizer() if tokenizer is None else check_tokenizer(tokenizer)
         super().__init__(image_processor, tokenizer, **kwargs)
-        self.max_length = _positive_int("max_length", max_length)
+        self.max_length = _max_length(max_length)
         self._warned_truncation = False
 
     @classmethod
@@ -459,7 +485,7 @@ class VlProcessor(ProcessorMixin):
                     f"images and {len(texts)} texts"
                 )
         if texts is not None:
-            max_length = self.max_length if max_length is None else _positive_int("max_length", max_length)
+            max_length = self.max_length if max_length is None else _max_length(max_length)
             data.update(self._tokenize(texts, padding, truncation, max_length, return_tensors, **kwargs))
         return BatchFeature(data=data, tensor_type=return_tensors)
 

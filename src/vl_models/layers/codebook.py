@@ -113,6 +113,10 @@ class VectorQuantizer(nn.Module):
 
     Buffers: ``codebook`` [K, D] (a Parameter when ``decay`` is None), ``cluster_size`` [K] and
     ``embed_sum`` [K, D] (EMA mode), ``steps_since_used`` [K], ``initted`` (k-means done).
+
+    A training forward changes this state at once. A trainer that drops an update (non-finite loss) calls
+    ``revert_updates()``, which puts back the state of the last ``commit_updates()`` (or of before the first
+    training forward), so the dropped step leaves nothing in the codebook.
     """
 
     def __init__(
@@ -154,7 +158,12 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("embed_sum", torch.empty(num_codes, dim))
         self.register_buffer("steps_since_used", torch.empty(num_codes, dtype=torch.long))
         self.register_buffer("initted", torch.empty((), dtype=torch.bool))
+        self._saved: dict[str, torch.Tensor] | None = None  # state at the last commit (not in state_dict)
         self.reset_parameters()
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._saved = None  # a loaded state is committed: a revert must not bring back the one before it
 
     @property
     def use_ema(self) -> bool:
@@ -171,12 +180,33 @@ class VectorQuantizer(nn.Module):
             init.copy_(self.embed_sum, self.codebook.detach())
         init.zeros_(self.steps_since_used)
         (init.zeros_ if self.kmeans_init else init.ones_)(self.initted)
+        self._saved = None
 
     def extra_repr(self) -> str:
         return (
             f"num_codes={self.num_codes}, dim={self.dim}, decay={self.decay}, cosine={self.cosine}, "
             f"dead_code_after={self.dead_code_after}"
         )
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        names = ["codebook", "steps_since_used", "initted"]
+        names += ["cluster_size", "embed_sum"] if self.use_ema else []
+        return {name: getattr(self, name) for name in names}
+
+    @torch.no_grad()
+    def commit_updates(self) -> None:
+        """Keep what the training forwards since the last commit did (the update was applied)."""
+        self._saved = None
+
+    @torch.no_grad()
+    def revert_updates(self) -> bool:
+        """Undo what the training forwards since the last commit did; returns whether there was anything."""
+        if self._saved is None:
+            return False
+        for name, tensor in self._state().items():
+            tensor.data.copy_(self._saved[name])  # .data: the gradient-mode codebook is a leaf Parameter
+        self._saved = None
+        return True
 
     def codes(self) -> torch.Tensor:
         """The codebook as used for lookup, [K, D] (unit rows in cosine mode)."""
@@ -187,6 +217,8 @@ class VectorQuantizer(nn.Module):
         if self.cosine:
             z = F.normalize(z, dim=-1)
         flat = z.detach().reshape(-1, self.dim).float()  # [N, D]
+        if self.training and self._saved is None:  # one copy per update, so that it can be reverted
+            self._saved = {name: t.detach().clone() for name, t in self._state().items()}
         if self.training and self.kmeans_init and not self.initted:  # sync-free unless k-means is on
             self._kmeans_init(flat, generator)
 

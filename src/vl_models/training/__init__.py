@@ -6,6 +6,8 @@ from __future__ import annotations
 from .checkpoint import (
     LATEST_FILE,
     STATE_FILE,
+    check_pickles,
+    checkpoint_problems,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -34,6 +36,7 @@ from .evaluation import (
     task_collator,
     zero_shot_retrieval,
 )
+from .guard import NonFiniteGuard, NonFiniteLossError
 from .logging import LOG_FILE, JsonlTracker, Throughput, build_trackers, read_log, setup_logging
 from .loop import (
     FINETUNE_DEFAULTS,
@@ -56,6 +59,10 @@ from .loop import (
 from .optim import build_optimizer, build_scheduler, param_groups, ramp, warmup_cosine
 
 __all__ = [
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "checkpoint_problems",
+    "check_pickles",
     "FINETUNE_DEFAULTS",
     "LATEST_FILE",
     "LOG_FILE",

@@ -29,6 +29,7 @@ from ..data import (
     select_task,
 )
 from ..data.collators import WithIndex
+from .guard import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,16 @@ def user_errors(what: str, *extra: type[Exception]):
 
 
 def run_cli(main, argv=None):
-    """Run `main(argv)`; a `UserError` prints `error: <message>` on stderr and exits with status 2."""
+    """Run `main(argv)`; a `UserError` prints `error: <message>` on stderr and exits with status 2, a run stopped
+    by non-finite losses (`NonFiniteLossError`) prints its message and exits with status 1."""
     try:
         return main(argv)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except NonFiniteLossError as error:  # the run itself failed: one clear line, exit status 1
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
 
 
 def _drop_unreadable(ds: datasets.Dataset, name: str) -> tuple[datasets.Dataset, int]:

@@ -48,6 +48,7 @@ class JsonlTracker(GeneralTracker):
     @on_main_process
     def start(self):
         self.logging_dir.mkdir(parents=True, exist_ok=True)
+        drop_partial_line(self.path)  # a process killed mid-write leaves half a record: a resume appends after it
         self._file = open(self.path, "a")  # noqa: SIM115  (kept open for the run; append: a resume continues it)
 
     @property
@@ -72,6 +73,23 @@ class JsonlTracker(GeneralTracker):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def drop_partial_line(path: str | os.PathLike) -> bool:
+    """Cut a last line that has no newline (a write interrupted by a crash) off `path`; returns whether it did."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    size = path.stat().st_size
+    with open(path, "rb+") as handle:
+        handle.seek(max(0, size - (1 << 20)))  # a record is far shorter than 1 MiB
+        tail = handle.read()
+        if tail.endswith(b"\n"):
+            return False
+        keep = size - len(tail) + tail.rfind(b"\n") + 1
+        handle.truncate(keep)
+    logging.getLogger(__name__).warning("%s: dropped an incomplete last record (%d bytes)", path, size - keep)
+    return True
 
 
 def build_trackers(logging_dir: str | os.PathLike, report_to: str = "jsonl") -> list:
@@ -131,4 +149,5 @@ def setup_logging(accelerator, level: int = logging.INFO) -> None:
         transformers.utils.logging.set_verbosity_error()
 
 
-__all__ = ["LOG_FILE", "JsonlTracker", "Throughput", "build_trackers", "read_log", "setup_logging"]
+__all__ = ["LOG_FILE", "JsonlTracker", "Throughput", "build_trackers", "drop_partial_line", "read_log",
+           "setup_logging"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -18,8 +19,12 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 
 from ..data.collators import sample_seed
+from ..layers.codebook import VectorQuantizer
 from .checkpoint import write_atomic
+from .guard import NonFiniteGuard, describe_event
 from .logging import build_trackers
+
+logger = logging.getLogger(__name__)
 
 # per-size defaults of the scripts (a flag given on the command line wins)
 TRAINING_PRESETS = {
@@ -46,6 +51,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                    help="'cosine' (warmup then cosine to 0) or any transformers scheduler name, e.g. 'linear'")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer update")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    g.add_argument("--max_consecutive_skips", type=int, default=10,
+                   help="stop after N updates in a row skipped for a non-finite loss or gradient norm")
     g = parser.add_argument_group("speed")
     g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
                    help="autocast precision (default: accelerate's config / launch flag; bf16 also works on CPU)")
@@ -141,25 +148,52 @@ def step_generator(seed: int, micro_step: int, rank: int, device) -> torch.Gener
     return generator.manual_seed(sample_seed("step", seed, micro_step, rank))
 
 
-def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: float) -> tuple[float, bool]:
+def _codebooks(model) -> list[VectorQuantizer]:
+    return [m for m in model.modules() if isinstance(m, VectorQuantizer)]
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: float,
+                   guard: NonFiniteGuard | None = None) -> tuple[float, bool]:
     """Clip, step and zero the gradients once they are synchronised. A non-finite gradient norm (the same on
-    every process after all-reduce) skips the update on every process instead of poisoning the weights.
-    Returns (gradient norm, whether the update was skipped)."""
+    every process after all-reduce) or, with a `guard` that observed the micro-batches, a non-finite loss term
+    on any process skips the update on every process: no optimizer or schedule step, and the codebook
+    statistics the update's forwards changed (EMA, restarts) are reverted. With fp16 the gradient scaler
+    decides about non-finite gradients itself. Returns (gradient norm, whether the update was skipped); with a
+    guard, raises `NonFiniteLossError` after `guard.max_consecutive` skips in a row."""
     norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
     norm = float(norm) if norm is not None else float("nan")
-    skipped = not math.isfinite(norm) and accelerator.mixed_precision != "fp16"  # fp16: the scaler decides
-    if not skipped:
+    norm_counts = accelerator.mixed_precision != "fp16"  # fp16: the scaler skips inf/NaN gradients itself
+    if guard is not None:
+        skipped = guard.decide(accelerator, norm, norm_counts)
+    else:
+        skipped = norm_counts and not math.isfinite(norm)
+    if skipped:
+        for codebook in _codebooks(model):
+            codebook.revert_updates()
+        if getattr(accelerator, "scaler", None) is not None:
+            # fp16: clipping unscaled the gradients; close the scaler's step as optimizer.step() would have
+            accelerator.scaler.update()
+        logger.warning("update skipped on every process: %s",
+                       describe_event(guard.event) if guard is not None else f"grad_norm={norm:.4g}")
+    else:
         optimizer.step()
         scheduler.step()
+        for codebook in _codebooks(model):
+            codebook.commit_updates()
     optimizer.zero_grad(set_to_none=True)
+    if guard is not None:
+        guard.check()
     return norm, skipped
 
 
 class LossMeter:
-    """Averages `loss*` and `*accuracy` outputs over the updates between two logs, and over processes."""
+    """Averages `loss*` and `*accuracy` outputs over the updates between two logs, and over processes. A
+    non-finite value is left out of its average (a skipped update is logged on its own), so one bad batch does
+    not turn a whole logging window into NaN; a key with no finite value in the window logs NaN."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}
         self.count = 0
 
     def update(self, output) -> None:
@@ -167,7 +201,11 @@ class LossMeter:
             # every loss term and every accuracy (ViLTA adds itm_accuracy_inbatch / _synthetic), plus codebook stats
             logged = key.startswith(("loss", "codebook_")) or "accuracy" in key
             if value is not None and logged and torch.is_tensor(value) and value.ndim == 0:
-                self.sums[key] = self.sums.get(key, 0) + value.detach().float()
+                value = value.detach().float()
+                finite = torch.isfinite(value)
+                # every key is registered even when non-finite, so every process reduces the same keys
+                self.sums[key] = self.sums.get(key, 0) + torch.where(finite, value, 0.0)
+                self.counts[key] = self.counts.get(key, 0) + finite.float()
         self.count += 1
 
     def mean(self, accelerator) -> dict[str, float]:
@@ -175,10 +213,11 @@ class LossMeter:
         if not self.sums:
             return {}
         keys = sorted(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]) / max(1, self.count)
-        values = accelerator.reduce(values.to(accelerator.device), reduction="mean")
-        self.sums, self.count = {}, 0
-        return {k: float(v) for k, v in zip(keys, values)}
+        values = torch.stack([self.sums[k] for k in keys] + [self.counts[k] for k in keys])
+        values = accelerator.reduce(values.to(accelerator.device), reduction="sum").cpu()
+        sums, counts = values[: len(keys)], values[len(keys):]
+        self.sums, self.counts, self.count = {}, {}, 0
+        return {k: float(s / c) if c > 0 else float("nan") for k, s, c in zip(keys, sums, counts)}
 
 
 def save_final(accelerator, model, processor, output_dir: Path) -> None:
