@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test lint bench results clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# the quality study (docs/study.md): every method x 3 seeds on Shapes, regenerating docs/results.md from scratch
+results: $(STAMP)
+	rm -rf outputs/study-cpu docs/images/results
+	$(BIN)/python examples/study.py --budget cpu $(if $(wildcard outputs/study-gpu/study.json),--include outputs/study-gpu)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -17,13 +17,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from vl_models.training.runner import Timer, load_script, mean_box_baseline, short_run_overrides  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GPU = torch.cuda.is_available()
@@ -32,42 +32,10 @@ GPU = torch.cuda.is_available()
 # scratch starts slowest
 STEPS = {"cpu": (120, (300, 150, 100), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
 TASKS = ("retrieval", "vqa", "grounding")
-# A short run needs a teacher that keeps up: momentum 0.995 (ALBEF's) averages over ~200 updates, the whole CPU
-# run, so the ITC keys would stay at their random initialisation. Dropout only slows a few-minute run down.
-DEMO_OVERRIDES = "momentum=0.95,text_config.hidden_dropout_prob=0,text_config.attention_probs_dropout_prob=0"
 
 
 def script(name: str):
-    """Load examples/<name>.py as a module (a distinct module name: `evaluate` would shadow the HF package)."""
-    spec = importlib.util.spec_from_file_location(f"vl_examples_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class Timer:
-    """Wall and CPU time of each stage."""
-
-    def __init__(self):
-        self.rows: list[tuple[str, float, float]] = []
-
-    def run(self, name: str, fn, *args):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn(*args)
-        self.rows.append((name, time.perf_counter() - wall, time.process_time() - cpu))
-        print(f"[demo] {name}: {self.rows[-1][1]:.0f} s wall, {self.rows[-1][2]:.0f} s CPU", flush=True)
-        return result
-
-
-def mean_box_baseline(num_train: int, num_test: int) -> dict:
-    """Grounding chance level: always predict the mean training box."""
-    from vl_models.data import build_shapes
-    from vl_models.metrics.functional import grounding_accuracy
-
-    shapes = build_shapes(num_train, 0, num_test, tasks=("grounding",))
-    mean = np.asarray(shapes["grounding_train"]["box"]).mean(0)
-    test = np.asarray(shapes["grounding_test"]["box"])
-    return grounding_accuracy(np.repeat(mean[None], len(test), 0), test)
+    return load_script(HERE / f"{name}.py")
 
 
 def main() -> None:
@@ -87,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
 
     out = Path(args.output_dir)
-    timer = Timer()
+    timer = Timer("demo")
     wall, cpu = time.perf_counter(), time.process_time()
     pretrain, finetune, evaluate = (timer.run(f"import {n}", script, n) for n in ("pretrain", "finetune", "evaluate"))
     print(f"[demo] device: {'cuda' if GPU else 'cpu'} ({torch.get_num_threads()} threads); output: {out}", flush=True)
@@ -99,7 +67,7 @@ def main() -> None:
     timer.run("pre-train", pretrain.main, [
         "--method", "vlmae", "--size", args.size, "--output_dir", str(pretrained), "--max_train_steps",
         str(args.pretrain_steps), "--eval_steps", str(max(1, args.pretrain_steps // 2)),
-        "--config_overrides", DEMO_OVERRIDES, *common])
+        "--config_overrides", short_run_overrides("vlmae", args.size), *common])
     results = {"zero-shot": timer.run("evaluate zero-shot retrieval", evaluate.main, [
         "--model_name_or_path", str(pretrained), "--task", "retrieval", "--split", "test", *shapes])[0]}
     for task, steps in zip(TASKS, args.finetune_steps):
