@@ -42,6 +42,20 @@ def _check_tower(prefix: str, config, layer_minimum: int) -> None:
         raise ValueError(f"`{prefix}.hidden_act` must be one of {sorted(ACT2FN)}, got {config.hidden_act!r}")
 
 
+def check_codebook_fields(config) -> None:
+    """The `VectorQuantizer` fields every config with a codebook carries (VQ-MIM, VL-BEiT's tokenizer)."""
+    if config.num_codes < 2:
+        raise ValueError(f"`num_codes` must be >= 2, got {config.num_codes}")
+    if config.code_dim < 1:
+        raise ValueError(f"`code_dim` must be >= 1, got {config.code_dim}")
+    if config.codebook_decay is not None and not 0.0 < config.codebook_decay < 1.0:
+        raise ValueError(f"`codebook_decay` must be in (0, 1) or None, got {config.codebook_decay}")
+    if config.commitment_weight < 0:
+        raise ValueError(f"`commitment_weight` must be >= 0, got {config.commitment_weight}")
+    if config.dead_code_after is not None and config.dead_code_after < 1:
+        raise ValueError(f"`dead_code_after` must be >= 1 or None, got {config.dead_code_after}")
+
+
 def _check_heads(name: str, hidden_size: int, num_heads: int) -> None:
     if num_heads < 1 or hidden_size % num_heads != 0:
         raise ValueError(

@@ -40,5 +40,12 @@ class BackboneMixin:
             out.text_embeds = self.encode_text(input_ids, attention_mask)
             out.text_feat = self.text_feat(out.text_embeds)
         if pixel_values is not None and input_ids is not None:
-            out.multimodal_embeds = self.fuse(out.image_embeds, out.text_embeds, attention_mask)
+            out.multimodal_embeds = self.joint_embeds(out, pixel_values, input_ids, attention_mask,
+                                                      interpolate_pos_encoding)
         return out
+
+    def joint_embeds(self, unimodal: VlModelOutput, pixel_values, input_ids, attention_mask,
+                     interpolate_pos_encoding=False):
+        """The pair's joint sequence for `forward`: two-tower methods fuse the unimodal outputs they already have;
+        a single-stream backbone (VL-BEiT) overrides this to run its joint pass from the inputs."""
+        return self.fuse(unimodal.image_embeds, unimodal.text_embeds, attention_mask)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from ...configuration_utils import TextTowerConfig, VisionTowerConfig, VlPreTrainedConfig
+from ...configuration_utils import (
+    TextTowerConfig,
+    VisionTowerConfig,
+    VlPreTrainedConfig,
+    check_codebook_fields,
+)
 from ...utils import check_range
 
 RECONSTRUCTION_TARGETS = ("pixels", "features")
@@ -41,16 +46,7 @@ class VlBeitTokenizerConfig(VlPreTrainedConfig):
     initializer_range: float = 0.02
 
     def validate_tokenizer(self):
-        if self.num_codes < 2:
-            raise ValueError(f"`num_codes` must be >= 2, got {self.num_codes}")
-        if self.code_dim < 1:
-            raise ValueError(f"`code_dim` must be >= 1, got {self.code_dim}")
-        if self.codebook_decay is not None and not 0.0 < self.codebook_decay < 1.0:
-            raise ValueError(f"`codebook_decay` must be in (0, 1) or None, got {self.codebook_decay}")
-        if self.commitment_weight < 0:
-            raise ValueError(f"`commitment_weight` must be >= 0, got {self.commitment_weight}")
-        if self.dead_code_after is not None and self.dead_code_after < 1:
-            raise ValueError(f"`dead_code_after` must be >= 1 or None, got {self.dead_code_after}")
+        check_codebook_fields(self)
         if self.decoder_layers < 0:
             raise ValueError(f"`decoder_layers` must be >= 0, got {self.decoder_layers}")
         if self.reconstruction_target not in RECONSTRUCTION_TARGETS:

@@ -10,7 +10,6 @@ from transformers import initialization as init
 from ...layers.attention import key_padding_mask
 from ...layers.backbone import BackboneMixin
 from ...layers.embeddings import PatchEmbeddings, TextEmbeddings
-from ...layers.outputs import VlModelOutput
 from ...layers.relative_position import RelativePositionBias
 from ...layers.transformer import MultiwayLayer
 from ...modeling_utils import VlPreTrainedModel
@@ -141,20 +140,9 @@ class VlBeitModel(BackboneMixin, VlBeitPreTrainedModel):
         return self.encode_pair(pixel_values, input_ids, attention_mask,
                                 interpolate_pos_encoding=interpolate_pos_encoding)
 
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, interpolate_pos_encoding=False,
-                **kwargs) -> VlModelOutput:
-        """`multimodal_embeds` is the whole joint sequence [B, T + 1 + N, D] (text first)."""
-        if pixel_values is None and input_ids is None:
-            raise ValueError("pass `pixel_values`, `input_ids`, or both; got neither")
-        out = VlModelOutput()
-        if pixel_values is not None:
-            out.image_embeds = self.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-            out.image_feat = self.image_feat(out.image_embeds)
-        if input_ids is not None:
-            out.text_embeds = self.encode_text(input_ids, attention_mask)
-            out.text_feat = self.text_feat(out.text_embeds)
-        if pixel_values is not None and input_ids is not None:
-            out.multimodal_embeds = self.fuse(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
-        return out
+    def joint_embeds(self, unimodal, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False):
+        """`multimodal_embeds` is the whole joint sequence [B, T + 1 + N, D] (text first), run from the inputs."""
+        return self.fuse(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
+
 
 __all__ = ["VlBeitModel", "VlBeitPreTrainedModel"]

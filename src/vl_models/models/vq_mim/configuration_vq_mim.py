@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 
-from ...configuration_utils import AlignFuseConfig
+from ...configuration_utils import AlignFuseConfig, check_codebook_fields
 from ...utils import check_range
 
 
@@ -60,16 +60,7 @@ class VqMimConfig(AlignFuseConfig):
         self.vision_config.use_mask_token = True
 
     def validate_vq_mim(self):
-        if self.num_codes < 2:
-            raise ValueError(f"`num_codes` must be >= 2, got {self.num_codes}")
-        if self.code_dim < 1:
-            raise ValueError(f"`code_dim` must be >= 1, got {self.code_dim}")
-        if self.codebook_decay is not None and not 0.0 < self.codebook_decay < 1.0:
-            raise ValueError(f"`codebook_decay` must be in (0, 1) or None, got {self.codebook_decay}")
-        if self.commitment_weight < 0:
-            raise ValueError(f"`commitment_weight` must be >= 0, got {self.commitment_weight}")
-        if self.dead_code_after is not None and self.dead_code_after < 1:
-            raise ValueError(f"`dead_code_after` must be >= 1 or None, got {self.dead_code_after}")
+        check_codebook_fields(self)
         if self.vq_reconstruction not in ("cosine", "smooth_l1", "none"):
             raise ValueError(f"`vq_reconstruction` must be 'cosine', 'smooth_l1' or 'none', got {self.vq_reconstruction!r}")
         check_range("mim_mask_ratio", self.mim_mask_ratio, 0.0, 1.0)
