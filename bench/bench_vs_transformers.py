@@ -23,8 +23,9 @@ import vl_models
 from common import interleaved_median_s, machine, pretraining_batch, print_table, write_json
 
 
-def flava(ref, batch: dict):
-    """FlavaForPreTraining at the reference config's size, with FLAVA's own masking rates (15% text, 40% image)."""
+def flava(ref, batch: dict, codebook_hidden: int = 256):
+    """FlavaForPreTraining at the reference config's size, with FLAVA's own masking rates (15% text, 40% image).
+    `codebook_hidden` sizes its frozen DALL-E-style image codebook (256 is FLAVA's; it dominates a small step)."""
     v, t = ref.vision_config, ref.text_config
     tower = {"hidden_act": "gelu", "qkv_bias": True}
     config = transformers.FlavaConfig(
@@ -36,6 +37,7 @@ def flava(ref, batch: dict):
                      "vocab_size": t.vocab_size, "max_position_embeddings": t.max_position_embeddings},
         multimodal_config={**tower, "hidden_size": t.hidden_size, "num_hidden_layers": t.num_fusion_layers,
                            "num_attention_heads": t.num_attention_heads, "intermediate_size": t.intermediate_size},
+        image_codebook_config={"hidden_size": codebook_hidden},
         projection_dim=ref.embed_dim, hidden_size=t.hidden_size,
     )
     model = transformers.FlavaForPreTraining(config)
@@ -83,12 +85,14 @@ def bridgetower(ref, batch: dict):
         vision_config={"hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
                        "image_size": v.image_size, "patch_size": v.patch_size},
         contrastive_hidden_size=ref.embed_dim,
+        logit_scale_init_value=2.6592,  # read by the contrastive model, not declared by the 5.23 config class
     )
     model = transformers.BridgeTowerForContrastiveLearning(config)
     return model, {**batch, "return_loss": True}
 
 
-COMPETITORS = {"FlavaForPreTraining": flava, "ViltForMaskedLM": vilt, "BridgeTowerForContrastiveLearning": bridgetower}
+COMPETITORS = {"FlavaForPreTraining": flava,
+               "FlavaForPreTraining (codebook 32)": lambda ref, batch: flava(ref, batch, codebook_hidden=32), "ViltForMaskedLM": vilt, "BridgeTowerForContrastiveLearning": bridgetower}
 
 
 def step(model, inputs, optimizer, bf16: bool, device, generator_arg: bool):
