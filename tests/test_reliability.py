@@ -283,6 +283,21 @@ def _state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_pixels_given_to_a_model_end_in_a_non_finite_loss_not_a_crash(bad):
+    """The processor refuses NaN / inf pixels; a tensor handed straight to a model gives a non-finite loss (which
+    the training loop's guard skips) rather than an error from inside hard-negative sampling."""
+    from conftest import make_batch
+
+    for method in vl_models.list_methods():
+        torch.manual_seed(0)
+        model = vl_models.get_method(method).pretraining_class(vl_models.get_config(method, "tiny")).train()
+        batch = make_batch(model.config)
+        batch["pixel_values"][0, :, 0, 0] = bad
+        out = model(**batch, generator=torch.Generator().manual_seed(0))
+        assert not torch.isfinite(out.loss), method
+
+
 def test_codebook_revert_and_commit():
     torch.manual_seed(0)
     vq = VectorQuantizer(5, 3, decay=0.9, kmeans_init=True, dead_code_after=1).train()

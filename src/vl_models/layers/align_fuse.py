@@ -256,9 +256,11 @@ def sample_hard_negatives(sim_i2t, sim_t2i, generator=None):
     with torch.no_grad():
         batch = sim_i2t.shape[0]
         eye = torch.eye(batch, dtype=torch.bool, device=sim_i2t.device)
-        # a tiny floor keeps rows valid when the softmax underflows to exact zeros off the diagonal
-        weights_t2i = sim_t2i.float().softmax(-1).masked_fill(eye, 0) + 1e-8 * ~eye
-        weights_i2t = sim_i2t.float().softmax(-1).masked_fill(eye, 0) + 1e-8 * ~eye
+        # a tiny floor keeps rows valid when the softmax underflows to exact zeros off the diagonal; non-finite
+        # similarities (NaN inputs) sample uniformly, so the step ends in a non-finite loss that the training
+        # loop skips on every process, instead of a crash inside multinomial
+        weights_t2i = sim_t2i.float().softmax(-1).nan_to_num(0.0, 0.0, 0.0).masked_fill(eye, 0) + 1e-8 * ~eye
+        weights_i2t = sim_i2t.float().softmax(-1).nan_to_num(0.0, 0.0, 0.0).masked_fill(eye, 0) + 1e-8 * ~eye
         # draw on the generator's device (a CPU generator cannot sample CUDA tensors), return on the batch's
         draw = generator.device if generator is not None else sim_i2t.device
         neg_image = torch.multinomial(weights_t2i.to(draw), 1, generator=generator).squeeze(1).to(sim_i2t.device)
