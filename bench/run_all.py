@@ -16,6 +16,7 @@ CPU = [
     ["bench_codebook.py", "--quick", "--threads", "1"],
     ["bench_pretrain_step.py", "--sizes", "small", "--steps", "10"],
     ["bench_vs_transformers.py", "--size", "small", "--repeats", "6"],
+    ["bench_flops.py", "--sizes", "small", "base"],
 ]
 GPU = [
     ["bench_attention.py", "--batch-size", "32"],
