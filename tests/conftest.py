@@ -36,3 +36,23 @@ def make_batch(config, batch_size: int = 4, seq_len: int = 10, seed: int = 0) ->
         ids[1, -2:] = text.pad_token_id
         mask[1, -2:] = 0
     return {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture
+def prepared():
+    """A tiny linear model, AdamW and a schedule prepared by a CPU `Accelerator` (the schedule registered for
+    checkpointing): what the checkpoint and optimizer-step tests drive."""
+    from accelerate import Accelerator
+    from torch import nn
+
+    from vl_models.training import build_scheduler
+
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = build_scheduler(optimizer, 0, 10)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    yield accelerator, model, optimizer, scheduler
+    accelerator._custom_objects.clear()

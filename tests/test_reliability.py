@@ -420,21 +420,14 @@ def test_non_finite_loss_on_one_rank_skips_on_both(tmp_path):
 
 
 @pytest.fixture
-def saved(tmp_path):
-    accelerator = Accelerator(cpu=True)
-    torch.manual_seed(0)
-    model = nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    scheduler = build_scheduler(optimizer, 0, 10)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+def saved(prepared, tmp_path):
+    accelerator, model, _, _ = prepared
     root = tmp_path / "checkpoints"
     for step in (1, 2, 3):
         with torch.no_grad():
             model.weight.fill_(step)
         save_checkpoint(accelerator, root, step, {"epoch": 0})
-    yield accelerator, model, root
-    accelerator._custom_objects.clear()
+    return accelerator, model, root
 
 
 def test_checkpoint_lists_its_files_with_size_and_checksum(saved):

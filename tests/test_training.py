@@ -115,17 +115,7 @@ def test_parse_overrides():
 # -- accelerator-backed helpers ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def prepared():
-    accelerator = Accelerator(cpu=True)
-    torch.manual_seed(0)
-    model = nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    scheduler = build_scheduler(optimizer, 0, 10)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-    yield accelerator, model, optimizer, scheduler
-    accelerator._custom_objects.clear()
+# `prepared` (conftest.py): a tiny model, optimizer and schedule prepared by a CPU Accelerator
 
 
 def test_optimizer_step_skips_non_finite_gradients(prepared):
