@@ -67,3 +67,26 @@ def check_range(name: str, value: float, low: float, high: float, *, high_inclus
     if not ok:
         bracket = "]" if high_inclusive else ")"
         raise ValueError(f"`{name}` must be in [{low}, {high}{bracket}, got {value!r}")
+
+
+def check_pretraining_pairs(pixel_values, input_ids, attention_mask, *, needs_negatives: bool) -> torch.Tensor:
+    """The boundary of every image-text pre-training forward: both inputs present, ranks and dtypes, one batch
+    size, at least 2 pairs when ITM draws its negatives from the batch. Returns the attention mask (all ones when
+    none is given), checked to have the shape of `input_ids`."""
+    if pixel_values is None:
+        raise ValueError("`pixel_values` is required for pre-training, got None")
+    if input_ids is None:
+        raise ValueError("`input_ids` is required for pre-training, got None")
+    check_tensor("pixel_values", pixel_values, ndim=4, dtype="float")
+    check_tensor("input_ids", input_ids, ndim=2, dtype="int")
+    batch = check_same_batch(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+    if batch < 2 and needs_negatives:
+        raise ValueError(f"pre-training needs a batch of at least 2 pairs (ITM samples negatives in the batch), "
+                         f"got {batch}")
+    if attention_mask is None:
+        return torch.ones_like(input_ids)
+    check_tensor("attention_mask", attention_mask, ndim=2, dtype="int_or_bool")
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"`attention_mask` must have shape {tuple(input_ids.shape)} like `input_ids`, "
+                         f"got {tuple(attention_mask.shape)}")
+    return attention_mask

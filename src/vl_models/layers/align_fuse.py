@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..utils import check_same_batch, check_tensor
+from ..utils import check_pretraining_pairs, check_same_batch
 from .backbone import BackboneMixin
 from .heads import MlmHead
 from .losses import (
@@ -26,7 +26,13 @@ from .losses import (
     soft_cross_entropy,
 )
 from .masking import mask_text
-from .momentum import FeatureQueue, freeze, momentum_update
+from .momentum import (
+    FeatureQueue,
+    copy_student_to_teacher,
+    freeze,
+    init_teachers_from_students,
+    momentum_update,
+)
 from .outputs import VlPreTrainingOutput
 from .towers import FusionTransformer, TextTransformer, VisionTransformer
 
@@ -136,33 +142,18 @@ class AlignFusePreTrainingMixin(FromTowersMixin):
     @torch.no_grad()
     def _init_method_parameters(self):
         init.constant_(self.temp, self.config.temperature)
-        for student, teacher in self.momentum_pairs():
-            for s, t in zip(student.parameters(), teacher.parameters()):
-                init.copy_(t, s)
+        init_teachers_from_students(self.momentum_pairs())
 
     @torch.no_grad()
     def reset_momentum(self):
         """Copy the student into the teacher (after loading pretrained towers into the student)."""
-        for student, teacher in self.momentum_pairs():
-            teacher.load_state_dict(student.state_dict())
+        copy_student_to_teacher(self.momentum_pairs())
 
     # -- inputs -----------------------------------------------------------------------------------------------
 
     def _check_pretraining_inputs(self, pixel_values, input_ids, attention_mask):
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required for pre-training, got None")
-        if input_ids is None:
-            raise ValueError("`input_ids` is required for pre-training, got None")
-        check_tensor("pixel_values", pixel_values, ndim=4, dtype="float")
-        check_tensor("input_ids", input_ids, ndim=2, dtype="int")
-        batch = check_same_batch(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
-        if batch < 2 and self.config.itm_weight > 0:
-            raise ValueError(
-                f"pre-training needs a batch of at least 2 pairs (ITM samples negatives in the batch), got {batch}"
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        return attention_mask
+        return check_pretraining_pairs(pixel_values, input_ids, attention_mask,
+                                       needs_negatives=self.config.itm_weight > 0)
 
     def _mask_text(self, input_ids, attention_mask, mlm_input_ids, mlm_labels, generator):
         if (mlm_input_ids is None) != (mlm_labels is None):

@@ -92,6 +92,15 @@ def momentum_update(pairs: ModulePairs, momentum: float) -> None:
 
 
 @torch.no_grad()
+def init_teachers_from_students(pairs: ModulePairs) -> None:
+    """`_init_weights`-time copy of each student's parameters into its teacher, through transformers'
+    `initialization.copy_`, which leaves tensors already loaded from a checkpoint alone."""
+    s_params, t_params, _, _ = _paired_tensors(pairs)
+    for s, t in zip(s_params, t_params):
+        init.copy_(t, s)
+
+
+@torch.no_grad()
 def copy_student_to_teacher(pairs: ModulePairs) -> None:
     """Initialise teachers as exact copies of their students (parameters and buffers)."""
     s_params, t_params, s_bufs, t_bufs = _paired_tensors(pairs)

@@ -16,7 +16,7 @@ from ...layers.coattention import CoAttentionTransformer
 from ...layers.heads import MlmHead
 from ...layers.losses import contrastive_loss, select_masked
 from ...layers.masking import mask_text
-from ...layers.momentum import freeze
+from ...layers.momentum import copy_student_to_teacher, freeze, init_teachers_from_students
 from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
     ImagesAndTextClassificationMixin,
@@ -26,7 +26,7 @@ from ...layers.tasks import (
 )
 from ...layers.towers import TextTransformer, VisionTransformer
 from ...modeling_utils import VlPreTrainedModel
-from ...utils import check_range, check_same_batch, check_tensor
+from ...utils import check_pretraining_pairs, check_range, check_same_batch, check_tensor
 from .configuration_vilta import ViltaConfig
 from .pretrained_vilta import ViltaTowersMixin
 
@@ -140,37 +140,19 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
     @torch.no_grad()
     def _init_method_parameters(self):
         init.constant_(self.temp, self.config.temperature)
-        for student, teacher in self.teacher_pairs():  # skipped for tensors loaded from a checkpoint
-            for s, t in zip(student.parameters(), teacher.parameters()):
-                init.copy_(t, s)
+        init_teachers_from_students(self.teacher_pairs())  # skipped for tensors loaded from a checkpoint
 
     @torch.no_grad()
     def reset_teacher(self):
         """Copy the student's language encoder and MLM head into the teacher (after loading pretrained towers)."""
-        for student, teacher in self.teacher_pairs():
-            teacher.load_state_dict(student.state_dict())
+        copy_student_to_teacher(self.teacher_pairs())
 
     # -- inputs -----------------------------------------------------------------------------------------------
 
     def _check_inputs(self, pixel_values, input_ids, attention_mask):
-        if pixel_values is None:
-            raise ValueError("`pixel_values` is required for pre-training, got None")
-        if input_ids is None:
-            raise ValueError("`input_ids` is required for pre-training, got None")
-        check_tensor("pixel_values", pixel_values, ndim=4, dtype="float")
-        check_tensor("input_ids", input_ids, ndim=2, dtype="int")
-        batch = check_same_batch(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
         cfg = self.config
-        if batch < 2 and cfg.itm_weight > 0 and cfg.itm_inbatch_ratio > 0:
-            raise ValueError(f"pre-training needs a batch of at least 2 pairs (ITM draws in-batch negatives), "
-                             f"got {batch}")
-        if attention_mask is None:
-            return torch.ones_like(input_ids)
-        check_tensor("attention_mask", attention_mask, ndim=2, dtype="int_or_bool")
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"`attention_mask` must have shape {tuple(input_ids.shape)} like `input_ids`, "
-                             f"got {tuple(attention_mask.shape)}")
-        return attention_mask
+        return check_pretraining_pairs(pixel_values, input_ids, attention_mask,
+                                       needs_negatives=cfg.itm_weight > 0 and cfg.itm_inbatch_ratio > 0)
 
     def _mask_text(self, input_ids, attention_mask, mlm_input_ids, mlm_labels, generator):
         if (mlm_input_ids is None) != (mlm_labels is None):
