@@ -40,6 +40,7 @@ from vl_models.training import (
     Throughput,
     UserError,
     add_training_args,
+    after_update,
     apply_presets,
     build_optimizer,
     build_scheduler,
@@ -56,7 +57,6 @@ from vl_models.training import (
     retrieval_inputs,
     run_cli,
     run_config,
-    save_checkpoint,
     save_final,
     schedule,
     setup_logging,
@@ -268,21 +268,12 @@ def main(argv=None) -> dict:
                 continue
             step += 1
             bar.update(1)
-            if skipped:
-                accelerator.log(guard.event, step=step)  # which loss term broke, averaged over processes
-            if step % args.logging_steps == 0 or step == total:
-                values = meter.mean(accelerator)
-                values.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch,
-                              samples_per_s=speed.rate(), **extra)
-                accelerator.log(values, step=step)
-                bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
-            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, checkpoint_dir, step, {"epoch": epoch, "args": vars(args)},
-                                args.checkpoints_total_limit)
-                speed.reset()
-            if args.eval_steps and step % args.eval_steps == 0:
-                metrics = evaluate()
-                speed.reset()
+            evaluated = after_update(accelerator, args, step=step, total=total, epoch=epoch, skipped=skipped,
+                                     guard=guard, meter=meter, speed=speed, scheduler=scheduler,
+                                     grad_norm=grad_norm, bar=bar, checkpoint_dir=checkpoint_dir,
+                                     evaluate=evaluate, extra=extra)
+            if evaluated is not None:
+                metrics = evaluated
             if step >= total:
                 break
         if step >= total:

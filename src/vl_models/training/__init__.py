@@ -43,6 +43,7 @@ from .loop import (
     TRAINING_PRESETS,
     LossMeter,
     add_training_args,
+    after_update,
     apply_presets,
     default_output_dir,
     load_quietly,
@@ -59,6 +60,7 @@ from .loop import (
 from .optim import build_optimizer, build_scheduler, param_groups, ramp, warmup_cosine
 
 __all__ = [
+    "after_update",
     "NonFiniteGuard",
     "NonFiniteLossError",
     "checkpoint_problems",

@@ -20,7 +20,7 @@ from accelerate.utils import DataLoaderConfiguration
 
 from ..data.collators import sample_seed
 from ..layers.codebook import VectorQuantizer
-from .checkpoint import write_atomic
+from .checkpoint import save_checkpoint, write_atomic
 from .guard import NonFiniteGuard, describe_event
 from .logging import build_trackers
 
@@ -186,6 +186,31 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: floa
     return norm, skipped
 
 
+def after_update(accelerator, args, *, step: int, total: int, epoch: int, skipped: bool, guard: NonFiniteGuard,
+                 meter: LossMeter, speed, scheduler, grad_norm: float, bar, checkpoint_dir, evaluate,
+                 extra: dict | None = None) -> dict | None:
+    """The bookkeeping after each optimizer update, shared by examples/pretrain.py and finetune.py: a skipped
+    update's event, the window's means every `--logging_steps` (and at the last update), a checkpoint every
+    `--checkpointing_steps`, an evaluation every `--eval_steps`. Returns the new metrics when it evaluated."""
+    if skipped:
+        accelerator.log(guard.event, step=step)  # which loss term broke, averaged over processes
+    if step % args.logging_steps == 0 or step == total:
+        values = meter.mean(accelerator)
+        values.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch,
+                      samples_per_s=speed.rate(), **(extra or {}))
+        accelerator.log(values, step=step)
+        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
+    if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+        save_checkpoint(accelerator, checkpoint_dir, step, {"epoch": epoch, "args": vars(args)},
+                        args.checkpoints_total_limit)
+        speed.reset()
+    if args.eval_steps and step % args.eval_steps == 0:
+        metrics = evaluate()
+        speed.reset()
+        return metrics
+    return None
+
+
 class LossMeter:
     """Averages `loss*` and `*accuracy` outputs over the updates between two logs, and over processes. A
     non-finite value is left out of its average (a skipped update is logged on its own), so one bad batch does
@@ -288,6 +313,7 @@ __all__ = [
     "TRAINING_PRESETS",
     "LossMeter",
     "add_training_args",
+    "after_update",
     "apply_presets",
     "default_output_dir",
     "load_quietly",
