@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoProcessor
 
 import vl_models
@@ -26,12 +25,8 @@ from vl_models.data.collators import accepts
 from vl_models.training import (
     FINETUNE_DEFAULTS,
     PRIMARY_METRIC,
-    LossMeter,
-    NonFiniteGuard,
-    Throughput,
     add_data_args,
     add_training_args,
-    after_update,
     apply_presets,
     build_optimizer,
     build_scheduler,
@@ -45,7 +40,6 @@ from vl_models.training import (
     load_task_data,
     make_accelerator,
     make_dataloader,
-    optimizer_step,
     push_to_hub,
     resolve_checkpoint,
     run_cli,
@@ -55,6 +49,7 @@ from vl_models.training import (
     setup_logging,
     step_generator,
     task_collator,
+    train_updates,
     user_errors,
     write_results,
 )
@@ -121,7 +116,7 @@ def main(argv=None) -> dict:
     if resume is not None:
         step = load_checkpoint(accelerator, resume)["step"]
 
-    def evaluate() -> dict:
+    def evaluate(step: int) -> dict:
         if args.task == "retrieval":
             metrics = {}
             if accelerator.is_main_process:
@@ -142,47 +137,17 @@ def main(argv=None) -> dict:
     accelerator.init_trackers(f"finetune-{args.task}", config=run_config(args))
     accelerator.log({"data/train_examples": len(data["train"]), "data/skipped_images": info["skipped_images"]},
                     step=step)
-    meter, speed, metrics = LossMeter(), Throughput(), {}
-    guard = NonFiniteGuard(args.max_consecutive_skips)  # a non-finite loss skips the update on every process
-    bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=args.task)
-    micro_step, start_epoch = step * args.gradient_accumulation_steps, step // per_epoch
     takes_generator = accepts(model_class, "generator")
-    model.train()
-    for epoch in range(start_epoch, args.num_train_epochs):
-        train_dl.set_epoch(epoch)
-        collator.set_epoch(epoch)
-        skip = (step - epoch * per_epoch) * args.gradient_accumulation_steps if epoch == start_epoch else 0
-        for batch in accelerator.skip_first_batches(train_dl, skip) if skip else train_dl:
-            with accelerator.accumulate(model):
-                if takes_generator:
-                    batch["generator"] = step_generator(args.seed, micro_step, accelerator.process_index,
-                                                        accelerator.device)
-                out = model(**batch)
-                guard.observe(out)
-                accelerator.backward(out.loss)
-                micro_step += 1
-                meter.update(out)
-                speed.update(batch["input_ids"].shape[0] * accelerator.num_processes)
-                if accelerator.sync_gradients:
-                    grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm,
-                                                        guard=guard)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            evaluated = after_update(accelerator, args, step=step, total=total, epoch=epoch, skipped=skipped,
-                                     guard=guard, meter=meter, speed=speed, scheduler=scheduler,
-                                     grad_norm=grad_norm, bar=bar, checkpoint_dir=checkpoint_dir,
-                                     evaluate=evaluate)
-            if evaluated is not None:
-                metrics = evaluated
-            if step >= total:
-                break
-        if step >= total:
-            break
-    bar.close()
-    if not (args.eval_steps and step % args.eval_steps == 0):
-        metrics = evaluate()
+
+    def forward(batch, step, micro_step):
+        if takes_generator:
+            batch["generator"] = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        return model(**batch), {}
+
+    step, metrics = train_updates(accelerator, args, model=model, train_dl=train_dl, collator=collator,
+                                  optimizer=optimizer, scheduler=scheduler, step=step, total=total,
+                                  per_epoch=per_epoch, checkpoint_dir=checkpoint_dir, evaluate=evaluate,
+                                  forward=forward, rows=lambda batch: batch["input_ids"].shape[0], desc=args.task)
     save_final(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process:
         write_results(args.output_dir / "eval_results.json",

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 import vl_models
 from vl_models.data.collators import PreTrainingCollator, accepts
@@ -35,12 +34,8 @@ from vl_models.presets import SIZES, merge, tower_preset
 from vl_models.processing import build_processor
 from vl_models.training import (
     TRAINING_PRESETS,
-    LossMeter,
-    NonFiniteGuard,
-    Throughput,
     UserError,
     add_training_args,
-    after_update,
     apply_presets,
     build_optimizer,
     build_scheduler,
@@ -49,7 +44,6 @@ from vl_models.training import (
     load_checkpoint,
     make_accelerator,
     make_dataloader,
-    optimizer_step,
     parse_overrides,
     push_to_hub,
     ramp,
@@ -61,6 +55,7 @@ from vl_models.training import (
     schedule,
     setup_logging,
     step_generator,
+    train_updates,
     user_errors,
     write_results,
     zero_shot_retrieval,
@@ -222,7 +217,7 @@ def main(argv=None) -> dict:
     val_inputs = retrieval_inputs(data["validation"], processor, args.eval_max_images) \
         if accelerator.is_main_process and len(data["validation"]) and has_itc else None
 
-    def evaluate() -> dict:
+    def evaluate(step: int) -> dict:
         metrics = {}
         if val_inputs is not None:
             with accelerator.autocast():
@@ -241,46 +236,15 @@ def main(argv=None) -> dict:
                 "batch %d x %d processes x %d accumulation", args.method, args.size, model_size(model) / 1e6,
                 len(data["train"]), total, per_epoch, batch_size, accelerator.num_processes,
                 args.gradient_accumulation_steps)
-    meter, speed, metrics = LossMeter(), Throughput(), {}
-    guard = NonFiniteGuard(args.max_consecutive_skips)  # a non-finite loss skips the update on every process
-    bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc="pre-training")
-    micro_step, start_epoch = step * args.gradient_accumulation_steps, step // per_epoch
-    model.train()
-    for epoch in range(start_epoch, args.num_train_epochs):
-        train_dl.set_epoch(epoch)
-        collator.set_epoch(epoch)
-        skip = (step - epoch * per_epoch) * args.gradient_accumulation_steps if epoch == start_epoch else 0
-        loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
-        for batch in loader:
-            with accelerator.accumulate(model):
-                extra = {"alpha": ramp(config.alpha, step, alpha_steps)} if ramp_alpha else {}
-                generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
-                out = model(**batch, generator=generator, **extra)
-                guard.observe(out)
-                accelerator.backward(out.loss)
-                micro_step += 1
-                meter.update(out)
-                speed.update(batch_rows(batch) * accelerator.num_processes)
-                if accelerator.sync_gradients:
-                    grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm,
-                                                        guard=guard)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            bar.update(1)
-            evaluated = after_update(accelerator, args, step=step, total=total, epoch=epoch, skipped=skipped,
-                                     guard=guard, meter=meter, speed=speed, scheduler=scheduler,
-                                     grad_norm=grad_norm, bar=bar, checkpoint_dir=checkpoint_dir,
-                                     evaluate=evaluate, extra=extra)
-            if evaluated is not None:
-                metrics = evaluated
-            if step >= total:
-                break
-        if step >= total:
-            break
-    bar.close()
-    if not (args.eval_steps and step % args.eval_steps == 0):
-        metrics = evaluate()
+    def forward(batch, step, micro_step):
+        extra = {"alpha": ramp(config.alpha, step, alpha_steps)} if ramp_alpha else {}
+        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        return model(**batch, generator=generator, **extra), extra
+
+    step, metrics = train_updates(accelerator, args, model=model, train_dl=train_dl, collator=collator,
+                                  optimizer=optimizer, scheduler=scheduler, step=step, total=total,
+                                  per_epoch=per_epoch, checkpoint_dir=checkpoint_dir, evaluate=evaluate,
+                                  forward=forward, rows=batch_rows, desc="pre-training")
     save_final(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process:
         write_results(args.output_dir / "eval_results.json", [

@@ -43,7 +43,6 @@ from .loop import (
     TRAINING_PRESETS,
     LossMeter,
     add_training_args,
-    after_update,
     apply_presets,
     default_output_dir,
     load_quietly,
@@ -55,12 +54,12 @@ from .loop import (
     save_final,
     schedule,
     step_generator,
+    train_updates,
     write_results,
 )
 from .optim import build_optimizer, build_scheduler, param_groups, ramp, warmup_cosine
 
 __all__ = [
-    "after_update",
     "NonFiniteGuard",
     "NonFiniteLossError",
     "checkpoint_problems",
@@ -111,6 +110,7 @@ __all__ = [
     "schedule",
     "setup_logging",
     "step_generator",
+    "train_updates",
     "task_collator",
     "user_errors",
     "warmup_cosine",

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
+from tqdm.auto import tqdm
 
 from ..data.collators import sample_seed
 from ..layers.codebook import VectorQuantizer
 from .checkpoint import save_checkpoint, write_atomic
 from .guard import NonFiniteGuard, describe_event
-from .logging import build_trackers
+from .logging import Throughput, build_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -186,29 +187,61 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: floa
     return norm, skipped
 
 
-def after_update(accelerator, args, *, step: int, total: int, epoch: int, skipped: bool, guard: NonFiniteGuard,
-                 meter: LossMeter, speed, scheduler, grad_norm: float, bar, checkpoint_dir, evaluate,
-                 extra: dict | None = None) -> dict | None:
-    """The bookkeeping after each optimizer update, shared by examples/pretrain.py and finetune.py: a skipped
-    update's event, the window's means every `--logging_steps` (and at the last update), a checkpoint every
-    `--checkpointing_steps`, an evaluation every `--eval_steps`. Returns the new metrics when it evaluated."""
-    if skipped:
-        accelerator.log(guard.event, step=step)  # which loss term broke, averaged over processes
-    if step % args.logging_steps == 0 or step == total:
-        values = meter.mean(accelerator)
-        values.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch,
-                      samples_per_s=speed.rate(), **(extra or {}))
-        accelerator.log(values, step=step)
-        bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
-    if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-        save_checkpoint(accelerator, checkpoint_dir, step, {"epoch": epoch, "args": vars(args)},
-                        args.checkpoints_total_limit)
-        speed.reset()
-    if args.eval_steps and step % args.eval_steps == 0:
-        metrics = evaluate()
-        speed.reset()
-        return metrics
-    return None
+def train_updates(accelerator, args, *, model, train_dl, collator, optimizer, scheduler, step: int, total: int,
+                  per_epoch: int, checkpoint_dir, evaluate, forward, rows, desc: str) -> tuple[int, dict]:
+    """The update loop examples/pretrain.py and finetune.py share, from update `step` (0, or where a checkpoint
+    left off: the epoch's first batches are skipped so a resumed run sees the data the uninterrupted one did) to
+    `total`. `forward(batch, step, micro_step)` returns (model output, extra values to log); `rows(batch)` counts
+    the batch's examples for samples/s. Per update: the non-finite guard, the window's means every
+    `--logging_steps`, a checkpoint every `--checkpointing_steps`, `evaluate(step)` every `--eval_steps`, and once at
+    the end unless the last update just did. Returns (the last update, the last metrics)."""
+    meter, speed, metrics = LossMeter(), Throughput(), {}
+    guard = NonFiniteGuard(args.max_consecutive_skips)  # a non-finite loss skips the update on every process
+    bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=desc)
+    micro_step, start_epoch = step * args.gradient_accumulation_steps, step // per_epoch
+    model.train()
+    for epoch in range(start_epoch, args.num_train_epochs):
+        train_dl.set_epoch(epoch)
+        collator.set_epoch(epoch)
+        skip = (step - epoch * per_epoch) * args.gradient_accumulation_steps if epoch == start_epoch else 0
+        for batch in accelerator.skip_first_batches(train_dl, skip) if skip else train_dl:
+            with accelerator.accumulate(model):
+                out, extra = forward(batch, step, micro_step)
+                guard.observe(out)
+                accelerator.backward(out.loss)
+                micro_step += 1
+                meter.update(out)
+                speed.update(rows(batch) * accelerator.num_processes)
+                if accelerator.sync_gradients:
+                    grad_norm, skipped = optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm,
+                                                        guard=guard)
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            if skipped:
+                accelerator.log(guard.event, step=step)  # which loss term broke, averaged over processes
+            if step % args.logging_steps == 0 or step == total:
+                values = meter.mean(accelerator)
+                values.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch,
+                              samples_per_s=speed.rate(), **extra)
+                accelerator.log(values, step=step)
+                bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                save_checkpoint(accelerator, checkpoint_dir, step, {"epoch": epoch, "args": vars(args)},
+                                args.checkpoints_total_limit)
+                speed.reset()
+            if args.eval_steps and step % args.eval_steps == 0:
+                metrics = evaluate(step)
+                speed.reset()
+            if step >= total:
+                break
+        if step >= total:
+            break
+    bar.close()
+    if not (args.eval_steps and step % args.eval_steps == 0):
+        metrics = evaluate(step)
+    return step, metrics
 
 
 class LossMeter:
@@ -313,7 +346,7 @@ __all__ = [
     "TRAINING_PRESETS",
     "LossMeter",
     "add_training_args",
-    "after_update",
+    "train_updates",
     "apply_presets",
     "default_output_dir",
     "load_quietly",
