@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoProcessor
 import vl_models
 from vl_models.training import (
     PRIMARY_METRIC,
+    TASKS,
     UserError,
     add_data_args,
     data_kwargs,
@@ -39,7 +40,6 @@ from vl_models.training import (
 )
 
 logger = logging.getLogger("evaluate")
-TASKS = ("retrieval", "vqa", "grounding", "nlvr2")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,6 +25,7 @@ from vl_models.data.collators import accepts
 from vl_models.training import (
     FINETUNE_DEFAULTS,
     PRIMARY_METRIC,
+    TASKS,
     add_data_args,
     add_training_args,
     apply_presets,
@@ -55,7 +56,6 @@ from vl_models.training import (
 )
 
 logger = logging.getLogger("finetune")
-TASKS = ("retrieval", "vqa", "grounding", "nlvr2")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -28,6 +28,7 @@ from .data import (
 )
 from .evaluation import (
     PRIMARY_METRIC,
+    TASKS,
     eval_dataloader,
     evaluate_classification,
     evaluate_retrieval,
@@ -68,6 +69,7 @@ __all__ = [
     "LATEST_FILE",
     "LOG_FILE",
     "PRIMARY_METRIC",
+    "TASKS",
     "STATE_FILE",
     "TRAINING_PRESETS",
     "EpochSampler",

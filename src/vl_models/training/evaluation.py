@@ -16,6 +16,7 @@ from .data import make_dataloader
 
 # the number that each task's table reports first
 PRIMARY_METRIC = {"retrieval": "text_to_image_r1", "vqa": "accuracy", "grounding": "accuracy", "nlvr2": "accuracy"}
+TASKS = tuple(PRIMARY_METRIC)  # the downstream tasks finetune.py and evaluate.py take
 
 
 def retrieval_inputs(ds: datasets.Dataset, processor, max_images: int | None = None) -> dict:
