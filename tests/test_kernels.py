@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from vl_models.kernels import nearest_code, nearest_code_reference
+from vl_models.kernels.memory import peak_extra_bytes
 from vl_models.kernels.nearest_code import GROUP, SCORE_BUDGET, rows_per_chunk
 
 SRC = Path(__file__).parents[1] / "src"
@@ -124,28 +124,13 @@ def test_chunk_size_math():
     assert rows_per_chunk(8192, 5) == 5
 
 
-def _peak_cpu_bytes(fn) -> int:
-    """Peak of live tensor bytes allocated inside fn, from the profiler's allocator events."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-        key=lambda e: e.start_ns(),
-    )
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
 def test_peak_memory_is_one_chunk():
     n, k, d, chunk = 4096, 1024, 16, 64
     x, c = rand(n, d, seed=15), rand(k, d, seed=16)
     full = n * k * 4
-    reference_peak = _peak_cpu_bytes(lambda: nearest_code_reference(x, c))
+    reference_peak = peak_extra_bytes(lambda: nearest_code_reference(x, c))
     assert reference_peak >= full  # the measurement sees the N x K matrix when there is one
-    peak = _peak_cpu_bytes(lambda: nearest_code(x, c, chunk_size=chunk))
+    peak = peak_extra_bytes(lambda: nearest_code(x, c, chunk_size=chunk))
     # one [chunk, K] score block plus O(N + K*D) bookkeeping; far below N x K
     assert chunk * k * 4 <= peak < chunk * k * 4 + 8 * n + 3 * k * d * 4 + 64 * 1024
     assert peak < full / 16
