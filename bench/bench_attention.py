@@ -7,7 +7,7 @@ padding mask, at the sequence lengths the methods use (base width: 12 heads of 6
 
 Sequence lengths: 40 caption tokens, 50 = VLMAE's visible patches + CLS (25% of 196), 197 = a ViT-B/16 image
 at 224, 237 = an image-text pair in one multiway sequence, 577 = a 384-pixel image. Prints a table, writes
-bench/results/attention.json and bench/results/attention.png.
+bench/results/attention.json, attention.png (time) and attention_memory.png (peak memory).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedConfig
 
 from common import interleaved_median_s, machine, plot_lines, print_table, write_json
+from vl_models.kernels.memory import peak_extra_bytes
 from vl_models.layers.attention import Attention, key_padding_mask
 
 SEQ_LENS = (40, 50, 197, 237, 577)
@@ -86,21 +87,25 @@ def main() -> None:
                                  "skipped": str(err).splitlines()[0][:80]})
             median = interleaved_median_s(candidates, device, repeats=args.repeats)
             for name, seconds in median.items():
+                peak = peak_extra_bytes(candidates[name], device)  # untimed: the profiler slows the call
                 rows.append({"seq_len": seq_len, "padded": padded, "kernel": name, "ms": seconds * 1e3,
-                             "speedup_vs_eager": median["eager"] / seconds})
-    print_table(rows, ["seq_len", "padded", "kernel", "ms", "speedup_vs_eager", "skipped"])
+                             "speedup_vs_eager": median["eager"] / seconds, "peak_mib": peak / 2**20})
+    print_table(rows, ["seq_len", "padded", "kernel", "ms", "speedup_vs_eager", "peak_mib", "skipped"])
     meta = {**machine(device), "dtype": str(args.dtype), "batch_size": args.batch_size,
             "hidden_size": args.hidden_size, "num_heads": args.num_heads, "measure": "forward+backward"}
     out = write_json(args.out, meta, rows)
-    series = {}
-    for r in rows:
-        if "ms" in r:
-            xs, ys = series.setdefault(f"{r['kernel']}{' (padded)' if r['padded'] else ''}", ([], []))
-            xs.append(r["seq_len"])
-            ys.append(r["ms"])
-    plot_lines(out.with_suffix(".png"), series, xlabel="sequence length", ylabel="ms (forward + backward)",
-               title=f"attention, batch {args.batch_size}, {args.num_heads}x{args.hidden_size // args.num_heads}, "
-               f"{meta['device_name']}", logy=True)
+    title = f"attention, batch {args.batch_size}, {args.num_heads}x{args.hidden_size // args.num_heads}, " \
+            f"{meta['device_name']}"
+    for field, suffix, ylabel in (("ms", "", "ms (forward + backward)"),
+                                  ("peak_mib", "_memory", "peak extra memory, forward + backward (MiB)")):
+        series = {}
+        for r in rows:
+            if field in r:
+                xs, ys = series.setdefault(f"{r['kernel']}{' (padded)' if r['padded'] else ''}", ([], []))
+                xs.append(r["seq_len"])
+                ys.append(r[field])
+        plot_lines(out.with_name(out.stem + suffix + ".png"), series, xlabel="sequence length", ylabel=ylabel,
+                   title=title, logy=True)
 
 
 if __name__ == "__main__":

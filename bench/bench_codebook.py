@@ -3,7 +3,8 @@
 The three methods take turns repeat by repeat (interleaved), so a noisy shared machine slows them alike
 and the speedup ratios stay meaningful. Peak extra memory: on CUDA `torch.cuda.max_memory_allocated`
 above the inputs; on CPU the peak of live tensor bytes from the profiler's allocator events
-(`profile_memory=True`), a real measurement of torch allocations in a separate, untimed call.
+(`profile_memory=True`), a real measurement of torch allocations in a separate, untimed call
+(`vl_models.kernels.memory.peak_extra_bytes`).
 Combinations whose full N x K float32 matrix exceeds `--mem-cap-gb` skip the cdist method.
 Prints a table and writes bench/results/codebook.json. On a shared CPU, `--threads 1` gives steadier
 ratios: with 2 OpenMP threads every chunk's ops wait at a barrier for a descheduled thread.
@@ -17,17 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-from common import sync
+from common import machine, plot_lines, sync
 from vl_models.kernels import nearest_code
 from vl_models.kernels import triton_nearest_code as triton_kernel
+from vl_models.kernels.memory import peak_extra_bytes
 from vl_models.kernels.nearest_code import rows_per_chunk
 
 
@@ -45,27 +45,6 @@ def fused(x, c, chunk_size):
 
 
 METHODS = {"nearest_code": fused, "cdist+argmin": cdist_argmin, "naive_chunks": naive_chunks}
-
-
-def peak_extra_bytes(fn, device) -> int:
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-        key=lambda e: e.start_ns(),
-    )
-    live = peak = 0
-    for e in events:
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak
 
 
 def run_case(n, k, d, args, device) -> list[dict]:
@@ -161,7 +140,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": machine(device)["device_name"],
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "triton": triton_kernel.triton.__version__ if triton_kernel.AVAILABLE else None,
@@ -173,6 +152,30 @@ def main() -> None:
     }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out}")
+    plot_against_n(rows, out, f"{meta['device_name']}, {meta['threads']} thread(s)")
+
+
+def plot_against_n(rows: list[dict], out: Path, machine_label: str) -> None:
+    """Time and peak extra memory against N, one PNG pair per (K, D) measured at more than one N."""
+    for k, d in sorted({(r["k"], r["d"]) for r in rows}):
+        case = [r for r in rows if (r["k"], r["d"]) == (k, d)]
+        if len({r["n"] for r in case}) < 2:
+            continue
+        time_series, memory_series = {}, {}
+        for name in METHODS:
+            ran = [r for r in case if r["method"] == name and "median_ms" in r]
+            if ran:
+                time_series[name] = ([r["n"] for r in ran], [r["median_ms"] / 1e3 for r in ran])
+                memory_series[name] = ([r["n"] for r in ran], [r["peak_extra_mib"] for r in ran])
+        # cdist's N x K matrix, where it was too large to run: what it would have needed
+        full = [r for r in case if r["method"] == "cdist+argmin"]
+        memory_series["N x K float32 matrix"] = ([r["n"] for r in full], [r["n"] * k * 4 / 2**20 for r in full])
+        title = f"K = {k}, D = {d} ({machine_label})"
+        stem = out.with_name(f"{out.stem}_k{k}_d{d}")
+        plot_lines(stem.with_name(stem.name + "_time.png"), time_series, xlabel="rows N", ylabel="seconds per call",
+                   title=title, logx=True, logy=True)
+        plot_lines(stem.with_name(stem.name + "_memory.png"), memory_series, xlabel="rows N",
+                   ylabel="peak extra memory (MiB)", title=title, logx=True, logy=True)
 
 
 if __name__ == "__main__":

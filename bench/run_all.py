@@ -1,5 +1,5 @@
 """`make bench`: the CPU set of benchmarks, each in its own process, with sizes a 2-core machine finishes in
-about 20 minutes. Results land in bench/results/ (JSON, PNG); docs/benchmarks.md explains them.
+about 25 minutes. Results land in bench/results/ (JSON, PNG); docs/benchmarks.md explains them.
 Pass `--gpu` on a CUDA machine for the larger settings the docs quote from a GPU."""
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ HERE = Path(__file__).parent
 CPU = [
     ["bench_attention.py", "--batch-size", "4"],
     ["bench_codebook.py", "--quick", "--threads", "1"],
+    ["bench_codebook.py", "--n", "10000", "100000", "1000000", "--k", "8192", "--d", "32", "--repeats", "2",
+     "--threads", "1", "--out", "bench/results/codebook_sweep.json"],  # time and memory against N, plotted
     ["bench_pretrain_step.py", "--sizes", "small", "--steps", "10"],
     ["bench_vs_transformers.py", "--size", "small", "--repeats", "6"],
     ["bench_flops.py", "--sizes", "small", "base"],
@@ -21,7 +23,8 @@ CPU = [
 GPU = [
     ["bench_attention.py", "--batch-size", "32"],
     ["bench_codebook.py"],
-    ["bench_pretrain_step.py", "--sizes", "base", "--batch-size", "64", "--bf16", "--steps", "20"],
+    ["bench_pretrain_step.py", "--sizes", "base", "--batch-size", "64", "--bf16", "--steps", "20",
+     "--variants", "plain", "checkpointing", "compile"],
     ["bench_vs_transformers.py", "--size", "base", "--batch-size", "32", "--bf16"],
 ]
 
