@@ -9,10 +9,17 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import vl_models
-from common import machine, pretraining_batch, print_table, write_json
+from common import counted_flops, machine, pretraining_batch, print_table, write_json
+
+
+def step_flops(method: str, size: str, args) -> float:
+    torch.manual_seed(0)
+    config = vl_models.get_config(method, size)
+    model = vl_models.get_method(method).pretraining_class(config).train()
+    batch = pretraining_batch(config, args.batch_size, args.seq_len, "cpu")
+    return counted_flops(lambda: model(**batch, generator=torch.Generator().manual_seed(0)).loss.backward())
 
 
 def main() -> None:
@@ -26,15 +33,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for method in args.methods:
-            torch.manual_seed(0)
-            config = vl_models.get_config(method, size)
-            model = vl_models.get_method(method).pretraining_class(config).train()
-            batch = pretraining_batch(config, args.batch_size, args.seq_len, "cpu")
-            counter = FlopCounterMode(display=False)
-            with counter:
-                model(**batch, generator=torch.Generator().manual_seed(0)).loss.backward()
-            rows.append({"method": method, "size": size, "gflop_per_step": counter.get_total_flops() / 1e9})
-            del model
+            rows.append({"method": method, "size": size, "gflop_per_step": step_flops(method, size, args) / 1e9})
         first = rows[-len(args.methods)]["gflop_per_step"]
         for row in rows[-len(args.methods):]:
             row[f"vs_{args.methods[0]}"] = first / row["gflop_per_step"]

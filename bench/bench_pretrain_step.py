@@ -2,9 +2,11 @@
 
 Variants: `plain` (sdpa attention), `checkpointing` (activation checkpointing), `compile` (torch.compile; slow
 to warm up on a CPU), `eager-attn` (the reference attention). Every (method, variant) takes its turn step by
-step, so a noisy shared machine slows all of them alike and the ratios stay meaningful. On CUDA the table
-adds model FLOPs utilisation (MFU: 6 x parameters x tokens per step, a lower bound that leaves attention out,
-over the GPU's dense bf16 peak). Prints a table and writes bench/results/pretrain_step.json.
+step, so a noisy shared machine slows all of them alike and the ratios stay meaningful. Each method's model
+FLOPs per step are counted on its plain step (torch's FlopCounterMode: matmuls and attention as they run, so
+VLMAE's 25% visible patches and the momentum teachers' forward passes count as they are, and checkpointing's
+recomputation does not); the table gives the achieved GFLOP/s and, on CUDA, model FLOPs utilisation (MFU) against
+the GPU's dense bf16 peak. Prints a table and writes bench/results/pretrain_step.json.
 
     python bench/bench_pretrain_step.py --sizes small --steps 10
     python bench/bench_pretrain_step.py --sizes base --batch-size 8 --steps 5 --methods albef vlmae
@@ -18,7 +20,7 @@ import argparse
 import torch
 
 import vl_models
-from common import interleaved_median_s, machine, pretraining_batch, print_table, write_json
+from common import counted_flops, interleaved_median_s, machine, pretraining_batch, print_table, write_json
 
 VARIANTS = ("plain", "checkpointing", "compile", "eager-attn")
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, per GPU
@@ -29,24 +31,25 @@ def build(method: str, size: str, variant: str, args, device):
     config = vl_models.get_config(method, size)
     model = vl_models.get_method(method).pretraining_class(config)
     model.set_attn_implementation("eager" if variant == "eager-attn" else "sdpa")
-    if variant == "checkpointing":
-        model.activation_checkpointing_enable()
     model.to(device).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
-    forward = torch.compile(model) if variant == "compile" else model
     batch = pretraining_batch(config, args.batch_size, args.seq_len, device)
 
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = forward(**batch, generator=torch.Generator(device=device).manual_seed(0)).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def make_step(forward):
+        def step():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = forward(**batch, generator=torch.Generator(device=device).manual_seed(0)).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
 
-    v = config.vision_config
-    tokens = args.batch_size * ((v.image_size // v.patch_size) ** 2 + 1 + args.seq_len)
-    return step, sum(p.numel() for p in trainable), tokens
+    flops = counted_flops(make_step(model))  # the plain step's model FLOPs; doubles as a warm-up step
+    if variant == "checkpointing":
+        model.activation_checkpointing_enable()
+    forward = torch.compile(model) if variant == "compile" else model
+    return make_step(forward), sum(p.numel() for p in trainable), flops
 
 
 def peak_flops(device) -> float | None:
@@ -76,24 +79,26 @@ def main() -> None:
         runs, info = {}, {}
         for method in args.methods:
             for variant in args.variants:
-                step, params, tokens = build(method, size, variant, args, device)
-                runs[(method, variant)], info[(method, variant)] = step, (params, tokens)
+                step, params, flops = build(method, size, variant, args, device)
+                runs[(method, variant)], info[(method, variant)] = step, (params, flops)
         median = interleaved_median_s(runs, device, warmup=args.warmup, repeats=args.steps)
         baseline = {v: median[(args.methods[0], v)] for v in args.variants}
         for (method, variant), seconds in median.items():
-            params, tokens = info[(method, variant)]
+            params, flops = info[(method, variant)]
             row = {"method": method, "size": size, "variant": variant, "batch_size": args.batch_size,
                    "params_m": params / 1e6, "ms_per_step": seconds * 1e3, "samples_per_s": args.batch_size / seconds,
                    f"speedup_vs_{args.methods[0]}": baseline[variant] / seconds,
-                   "vs_plain": median[(method, "plain")] / seconds if "plain" in args.variants else None}
+                   "vs_plain": median[(method, "plain")] / seconds if "plain" in args.variants else None,
+                   "gflop_per_step": flops / 1e9, "achieved_gflops": flops / seconds / 1e9}
             if peak:
-                row["mfu"] = 6 * params * tokens / seconds / peak
+                row["mfu"] = flops / seconds / peak
             rows.append(row)
         del runs
 
     print(f"\nbf16 {args.bf16}, {args.seq_len} caption tokens")
     columns = ["method", "size", "variant", "batch_size", "params_m", "ms_per_step", "samples_per_s",
-               f"speedup_vs_{args.methods[0]}", "vs_plain"] + (["mfu"] if peak else [])
+               f"speedup_vs_{args.methods[0]}", "vs_plain", "gflop_per_step", "achieved_gflops"]
+    columns += ["mfu"] if peak else []
     print_table(rows, columns)
     write_json(args.out, {**machine(device), "args": vars(args)}, rows)
 

@@ -1,5 +1,6 @@
 """Our pre-training steps against what users would pick instead: transformers' own VLP models built at the
-same size (same image size, patch size, widths, depths, heads, vocabulary), same batch, one interleaved run.
+same size (same image size, patch size, widths, depths, heads, vocabulary, dropout rates), same batch, one
+interleaved run.
 
 - FlavaForPreTraining: every FLAVA objective (ITC, ITM, MLM, MIM with its frozen DALL-E-style codebook, MMM).
 - ViltForMaskedLM: ViLT's single-stream encoder with MLM (depth = our vision depth).
@@ -8,8 +9,8 @@ same size (same image size, patch size, widths, depths, heads, vocabulary), same
     python bench/bench_vs_transformers.py --size small              # CPU, a few minutes
     python bench/bench_vs_transformers.py --size base --batch-size 32 --bf16   # GPU
 
-Prints step time (forward + backward + AdamW) and each method's speedup over FLAVA; writes
-bench/results/vs_transformers.json.
+Prints step time (forward + backward + AdamW), each method's speedup over FLAVA, FLOPs per step and the FLOP
+rate achieved (torch's FlopCounterMode); writes bench/results/vs_transformers.json.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import torch
 import transformers
 
 import vl_models
-from common import interleaved_median_s, machine, pretraining_batch, print_table, write_json
+from common import counted_flops, interleaved_median_s, machine, pretraining_batch, print_table, write_json
+
+
+def dropout(tower) -> dict:
+    """A tower's dropout rates, for a competitor's matching tower: FLAVA and ViLT default to none, while our text
+    towers drop 10% (BERT's rates), and on a CPU dropout is a visible part of a small step."""
+    return {"hidden_dropout_prob": tower.hidden_dropout_prob,
+            "attention_probs_dropout_prob": tower.attention_probs_dropout_prob}
 
 
 def flava(ref, batch: dict, codebook_hidden: int = 256):
@@ -29,13 +37,13 @@ def flava(ref, batch: dict, codebook_hidden: int = 256):
     v, t = ref.vision_config, ref.text_config
     tower = {"hidden_act": "gelu", "qkv_bias": True}
     config = transformers.FlavaConfig(
-        image_config={**tower, "hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
+        image_config={**tower, **dropout(v), "hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
                       "num_attention_heads": v.num_attention_heads, "intermediate_size": v.intermediate_size,
                       "image_size": v.image_size, "patch_size": v.patch_size},
-        text_config={**tower, "hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers,
+        text_config={**tower, **dropout(t), "hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers,
                      "num_attention_heads": t.num_attention_heads, "intermediate_size": t.intermediate_size,
                      "vocab_size": t.vocab_size, "max_position_embeddings": t.max_position_embeddings},
-        multimodal_config={**tower, "hidden_size": t.hidden_size, "num_hidden_layers": t.num_fusion_layers,
+        multimodal_config={**tower, **dropout(t), "hidden_size": t.hidden_size, "num_hidden_layers": t.num_fusion_layers,
                            "num_attention_heads": t.num_attention_heads, "intermediate_size": t.intermediate_size},
         image_codebook_config={"hidden_size": codebook_hidden},
         projection_dim=ref.embed_dim, hidden_size=t.hidden_size,
@@ -65,7 +73,7 @@ def vilt(ref, batch: dict):
         hidden_size=v.hidden_size, num_hidden_layers=v.num_hidden_layers, num_attention_heads=v.num_attention_heads,
         intermediate_size=v.intermediate_size, image_size=v.image_size, patch_size=v.patch_size,
         vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
-        max_image_length=-1, modality_type_vocab_size=2,
+        max_image_length=-1, modality_type_vocab_size=2, **dropout(t),
     )
     model = transformers.ViltForMaskedLM(config)
     ids = batch["input_ids"]
@@ -81,7 +89,7 @@ def bridgetower(ref, batch: dict):
         hidden_size=t.hidden_size, num_hidden_layers=t.num_fusion_layers, num_attention_heads=t.num_attention_heads,
         text_config={"vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "num_hidden_layers": t.num_hidden_layers,
                      "num_attention_heads": t.num_attention_heads, "intermediate_size": t.intermediate_size,
-                     "max_position_embeddings": t.max_position_embeddings + 2},
+                     "max_position_embeddings": t.max_position_embeddings + 2, **dropout(t)},
         vision_config={"hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
                        "image_size": v.image_size, "patch_size": v.patch_size},
         contrastive_hidden_size=ref.embed_dim,
@@ -140,14 +148,18 @@ def main() -> None:
         runs[method] = step(model, pretraining_batch(config, args.batch_size, args.seq_len, device),
                             torch.optim.AdamW(trainable, lr=1e-4), args.bf16, device, True)
         params[method] = sum(p.numel() for p in trainable) / 1e6
-    median = interleaved_median_s(runs, device, warmup=2, repeats=args.repeats)
+    flops = {name: counted_flops(run) for name, run in runs.items()}  # also the first warm-up step
+    median = interleaved_median_s(runs, device, warmup=1, repeats=args.repeats)
     flava_s = median.get("FlavaForPreTraining")
+    # achieved FLOP/s tells "does more work" (more FLOPs, same rate) from "runs its work slower" (lower rate)
     rows = [{"model": name, "params_m": params[name], "ms_per_step": s * 1e3,
-             "samples_per_s": args.batch_size / s, "speedup_vs_flava": flava_s / s if flava_s else None}
+             "samples_per_s": args.batch_size / s, "speedup_vs_flava": flava_s / s if flava_s else None,
+             "gflop_per_step": flops[name] / 1e9, "achieved_gflops": flops[name] / s / 1e9}
             for name, s in median.items()]
     rows += [{"model": name, "skipped": why} for name, why in notes.items()]
     print(f"\nsize {args.size}, batch {args.batch_size}, {args.seq_len} tokens, bf16 {args.bf16}")
-    print_table(rows, ["model", "params_m", "ms_per_step", "samples_per_s", "speedup_vs_flava", "skipped"])
+    print_table(rows, ["model", "params_m", "ms_per_step", "samples_per_s", "speedup_vs_flava", "gflop_per_step",
+                       "achieved_gflops", "skipped"])
     write_json(args.out, {**machine(device), "args": vars(args)}, rows)
 
 

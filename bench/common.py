@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def sync(device: torch.device | str) -> None:
@@ -36,6 +37,15 @@ def interleaved_median_s(
             if repeat >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def counted_flops(fn: Callable[[], object]) -> float:
+    """Matmul and attention FLOPs of one call of `fn` (torch's FlopCounterMode; elementwise ops are not counted).
+    For a training step this is the model FLOPs that MFU and achieved-FLOP/s figures divide by."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
 
 
 def pretraining_batch(config, batch_size: int, seq_len: int, device) -> dict:

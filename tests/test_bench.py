@@ -1,0 +1,86 @@
+"""The benchmark scripts run end to end at toy sizes and what they write holds up: every candidate answers the
+same, the memory and FLOP orderings the docs rely on appear, the plots exist. Times are never asserted (speed
+targets live in bench/, measured side by side)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a fresh interpreter per script
+
+
+def run_bench(script: str, out: Path, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_codebook_bench_agrees_bounds_memory_and_skips_what_does_not_fit(tmp_path):
+    out = tmp_path / "codebook.json"
+    # N x K float32 is 4 MiB at N = 2000 and 16 MiB at N = 8000: a 10 MiB cap skips cdist at the larger N only
+    rows = run_bench("bench_codebook.py", out, "--n", "2000", "8000", "--k", "512", "--d", "8", "--repeats", "1",
+                     "--chunk-size", "64", "--threads", "1", "--mem-cap-gb", str(10 / 1024))["rows"]
+    assert {(r["n"], r["method"]) for r in rows} == {(n, m) for n in (2000, 8000)
+                                                     for m in ("nearest_code", "cdist+argmin", "naive_chunks")}
+    skipped = [(r["n"], r["method"]) for r in rows if "skipped" in r]
+    assert skipped == [(8000, "cdist+argmin")]
+    assert all(r["agreement"] == 1.0 for r in rows if "skipped" not in r)  # every method finds the same codes
+    peak = {(r["n"], r["method"]): r["peak_extra_mib"] for r in rows if "skipped" not in r}
+    assert peak[2000, "cdist+argmin"] >= 2000 * 512 * 4 / 2**20  # it holds the whole N x K matrix
+    assert peak[2000, "nearest_code"] < peak[2000, "cdist+argmin"] / 8  # a chunk of it
+    assert peak[8000, "nearest_code"] < 2 * peak[2000, "nearest_code"]  # bounded by the chunk, not by N
+    for kind in ("time", "memory"):
+        assert (tmp_path / f"codebook_k512_d8_{kind}.png").stat().st_size > 10_000
+
+
+def test_attention_bench_measures_both_kernels(tmp_path):
+    out = tmp_path / "attention.json"
+    rows = run_bench("bench_attention.py", out, "--seq-lens", "16", "64", "--batch-size", "2", "--hidden-size",
+                     "32", "--num-heads", "2", "--repeats", "1")["rows"]
+    assert {(r["seq_len"], r["padded"], r["kernel"]) for r in rows} == {
+        (n, p, k) for n in (16, 64) for p in (False, True) for k in ("eager", "sdpa")}
+    assert all(r["ms"] > 0 and r["peak_mib"] > 0 for r in rows)
+    eager = {(r["seq_len"], r["padded"]): r["peak_mib"] for r in rows if r["kernel"] == "eager"}
+    assert eager[64, False] > eager[16, False]  # memory grows with the sequence
+    assert out.with_suffix(".png").exists() and (tmp_path / "attention_memory.png").exists()
+
+
+def test_pretrain_step_bench_counts_flops(tmp_path):
+    data = run_bench("bench_pretrain_step.py", tmp_path / "step.json", "--sizes", "small", "--batch-size", "2",
+                     "--steps", "1", "--warmup", "0", "--methods", "albef", "vlmae", "--variants", "plain",
+                     "checkpointing")
+    rows = {(r["method"], r["variant"]): r for r in data["rows"]}
+    assert set(rows) == {(m, v) for m in ("albef", "vlmae") for v in ("plain", "checkpointing")}
+    # model FLOPs are the plain step's for every variant; VLMAE's encoder sees a quarter of the patches
+    assert rows["albef", "plain"]["gflop_per_step"] == rows["albef", "checkpointing"]["gflop_per_step"]
+    assert rows["vlmae", "plain"]["gflop_per_step"] < rows["albef", "plain"]["gflop_per_step"]
+    assert all(r["achieved_gflops"] > 0 and r["samples_per_s"] > 0 for r in rows.values())
+    assert rows["albef", "plain"]["speedup_vs_albef"] == 1.0
+
+
+def test_vs_transformers_bench_builds_matched_competitors(tmp_path):
+    data = run_bench("bench_vs_transformers.py", tmp_path / "vs.json", "--size", "small", "--batch-size", "2",
+                     "--repeats", "1", "--methods", "albef", "--competitors", "FlavaForPreTraining (codebook 32)",
+                     "ViltForMaskedLM", "BridgeTowerForContrastiveLearning")
+    rows = {r["model"]: r for r in data["rows"]}
+    assert not [r for r in rows.values() if "skipped" in r], rows  # every competitor still builds and trains
+    assert set(rows) == {"albef", "FlavaForPreTraining (codebook 32)", "ViltForMaskedLM",
+                         "BridgeTowerForContrastiveLearning"}
+    assert all(r["gflop_per_step"] > 0 and r["achieved_gflops"] > 0 for r in rows.values())
+
+
+def test_flops_bench_orders_methods(tmp_path):
+    rows = run_bench("bench_flops.py", tmp_path / "flops.json", "--sizes", "small", "--batch-size", "2",
+                     "--methods", "albef", "vlmae", "vilta")["rows"]
+    flops = {r["method"]: r["gflop_per_step"] for r in rows}
+    assert flops["vlmae"] < flops["albef"] < flops["vilta"]  # a quarter of the patches; ViLTA's extra passes
+    assert {r["method"]: r["vs_albef"] for r in rows}["albef"] == 1.0
