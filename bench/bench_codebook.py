@@ -115,7 +115,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", default="bench/results/codebook.json", help="JSON output")
+    parser.add_argument("--replot", type=Path, default=None, help="only redraw the plots of this JSON")
     args = parser.parse_args()
+    if args.replot:
+        return replot(args.replot)
     if args.quick:
         args.n, args.k, args.d = [10_000], [1024, 8192], [32, 256]
     args.dtype = getattr(torch, args.dtype)
@@ -155,6 +158,13 @@ def main() -> None:
     plot_against_n(rows, out, f"{meta['device_name']}, {meta['threads']} thread(s)")
 
 
+def replot(path: Path) -> None:
+    """Redraw the plots from a JSON this script wrote (`--replot bench/results/codebook.json`)."""
+    data = json.loads(path.read_text())
+    meta = data["meta"]
+    plot_against_n(data["rows"], path, f"{meta['device_name']}, {meta['threads']} thread(s)")
+
+
 def plot_against_n(rows: list[dict], out: Path, machine_label: str) -> None:
     """Time and peak extra memory against N, one PNG pair per (K, D) measured at more than one N."""
     for k, d in sorted({(r["k"], r["d"]) for r in rows}):
@@ -167,15 +177,17 @@ def plot_against_n(rows: list[dict], out: Path, machine_label: str) -> None:
             if ran:
                 time_series[name] = ([r["n"] for r in ran], [r["median_ms"] / 1e3 for r in ran])
                 memory_series[name] = ([r["n"] for r in ran], [r["peak_extra_mib"] for r in ran])
-        # cdist's N x K matrix, where it was too large to run: what it would have needed
+        # the N x K float32 matrix cdist holds, also where it was too large to run
         full = [r for r in case if r["method"] == "cdist+argmin"]
-        memory_series["N x K float32 matrix"] = ([r["n"] for r in full], [r["n"] * k * 4 / 2**20 for r in full])
+        estimate = "N x K float32 matrix (computed)"
+        memory_series[estimate] = ([r["n"] for r in full], [r["n"] * k * 4 / 2**20 for r in full])
         title = f"K = {k}, D = {d} ({machine_label})"
         stem = out.with_name(f"{out.stem}_k{k}_d{d}")
         plot_lines(stem.with_name(stem.name + "_time.png"), time_series, xlabel="rows N", ylabel="seconds per call",
                    title=title, logx=True, logy=True)
         plot_lines(stem.with_name(stem.name + "_memory.png"), memory_series, xlabel="rows N",
-                   ylabel="peak extra memory (MiB)", title=title, logx=True, logy=True)
+                   ylabel="peak extra memory (MiB)", title=title, logx=True, logy=True,
+                   styles={estimate: {"linestyle": "--", "marker": "x", "color": "grey"}})
 
 
 if __name__ == "__main__":

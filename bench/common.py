@@ -59,10 +59,21 @@ def pretraining_batch(config, batch_size: int, seq_len: int, device) -> dict:
             "attention_mask": torch.ones_like(ids).to(device)}
 
 
+def cpu_name() -> str:
+    """The CPU model ("AMD EPYC 7B13"), from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: torch.device | str) -> dict:
     """Where a figure came from: device name, CPU threads, load average, library versions."""
     device = torch.device(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"device": str(device), "device_name": name, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "load_average_1m": load, "torch": torch.__version__,
@@ -88,8 +99,9 @@ def print_table(rows: list[dict], columns: list[str], floats: str = "{:.2f}") ->
 
 
 def plot_lines(path: str | Path, series: dict[str, tuple[list, list]], *, xlabel: str, ylabel: str, title: str,
-               logx: bool = False, logy: bool = False) -> Path | None:
-    """One PNG line plot of {label: (xs, ys)}; skipped with a note when matplotlib is not installed."""
+               logx: bool = False, logy: bool = False, styles: dict[str, dict] | None = None) -> Path | None:
+    """One PNG line plot of {label: (xs, ys)}, `styles` giving matplotlib keywords per label (e.g. a dashed
+    estimate); skipped with a note when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -100,7 +112,7 @@ def plot_lines(path: str | Path, series: dict[str, tuple[list, list]], *, xlabel
         return None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, marker="o", label=label)
+        ax.plot(xs, ys, **{"marker": "o", **(styles or {}).get(label, {})}, label=label)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     if logx:
         ax.set_xscale("log")

@@ -52,6 +52,25 @@ def check_tensor(
     return value
 
 
+def check_index_range(name: str, value: torch.Tensor, high: int, *, low: int = 0) -> None:
+    """Integer values in [low, high) (token ids, code indices), checked without stalling an accelerator.
+
+    On CPU tensors (outside torch.compile) a ``ValueError`` names the values that came. Elsewhere the check is a
+    device-side assertion (``torch._assert_async``): reading min / max back to the host would make every forward
+    wait for the GPU and break a compiled graph, and an id out of range would otherwise surface as a bare
+    device-side assert inside an embedding lookup; the assertion carries this message instead (a
+    ``RuntimeError``, raised when the device is next synchronised)."""
+    if value.numel() == 0:
+        return
+    message = f"`{name}` must be in [{low}, {high})"
+    if value.device.type == "cpu" and not torch.compiler.is_compiling():
+        lowest, highest = int(value.min()), int(value.max())
+        if lowest < low or highest >= high:
+            raise ValueError(f"{message}, got values in [{lowest}, {highest}]")
+        return
+    torch._assert_async(((value >= low) & (value < high)).all(), message)
+
+
 def check_same_batch(**tensors) -> int:
     """All given (non-None) tensors share their first dimension; returns it."""
     sizes = {k: v.shape[0] for k, v in tensors.items() if v is not None}

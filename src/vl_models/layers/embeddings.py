@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ..utils import check_tensor
+from ..utils import check_index_range, check_tensor
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -95,10 +95,7 @@ class TextEmbeddings(nn.Module):
                 f"`input_ids` has {length} tokens, more than the {self.position_embeddings.num_embeddings} positions "
                 "of the model; truncate in the processor (max_length)"
             )
-        vocab = self.word_embeddings.num_embeddings
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            raise ValueError(f"`input_ids` must be in [0, {vocab}), got values in "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+        check_index_range("input_ids", input_ids, self.word_embeddings.num_embeddings)
         positions = torch.arange(length, device=input_ids.device)
         types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(types)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vl_models.utils import check_range, check_tensor, describe
+from vl_models.utils import check_index_range, check_range, check_tensor, describe
 
 
 @dataclass
@@ -189,8 +189,7 @@ def _check_text_inputs(input_ids, mask_token_id, vocab_size, special, attention_
     check_tensor("input_ids", input_ids, ndim=2, dtype="int")
     if vocab_size < 1:
         raise ValueError(f"`vocab_size` must be >= 1, got {vocab_size}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-        raise ValueError(f"`input_ids` must be in [0, {vocab_size}), got values outside that range")
+    check_index_range("input_ids", input_ids, vocab_size)
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(f"`mask_token_id` must be in [0, {vocab_size}), got {mask_token_id}")
     if any(not 0 <= s < vocab_size for s in special):
@@ -261,16 +260,15 @@ def mask_text(
     action = _rand((batch, length), generator, device)
     to_mask = chosen & (action < 0.8)
     to_random = chosen & (action >= 0.8) & (action < 0.9)
+    num_allowed = vocab_size - len(special)  # the special ids are distinct and checked to be in the vocabulary
+    if num_allowed == 0:
+        raise ValueError(f"`special_token_ids` cover the whole vocabulary of size {vocab_size}")
     allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
     allowed[special_t.long()] = False
-    allowed_ids = allowed.nonzero().squeeze(1).to(input_ids.dtype)
-    if allowed_ids.numel() == 0:
-        raise ValueError(f"`special_token_ids` cover the whole vocabulary of size {vocab_size}")
+    # nonzero_static and torch.where instead of nonzero and boolean indexing: no read-back to the host
+    allowed_ids = torch.nonzero_static(allowed, size=num_allowed).squeeze(1).to(input_ids.dtype)
     draw_device = generator.device if generator is not None else device
-    pick = torch.randint(allowed_ids.numel(), (batch, length), generator=generator, device=draw_device)
+    pick = torch.randint(num_allowed, (batch, length), generator=generator, device=draw_device)
     random_ids = allowed_ids[pick.to(device)]
-
-    masked = input_ids.clone()
-    masked[to_mask] = mask_token_id
-    masked[to_random] = random_ids[to_random]
-    return masked, labels
+    masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
+    return torch.where(to_random, random_ids, masked), labels

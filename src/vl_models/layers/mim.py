@@ -21,7 +21,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..kernels import nearest_code
-from ..utils import check_tensor, describe
+from ..utils import check_index_range, check_tensor, describe
 from .codebook import VectorQuantizer
 from .heads import TokenClassifierHead
 from .losses import feature_reconstruction_loss, masked_cross_entropy
@@ -194,9 +194,7 @@ class TokenizerTargets(nn.Module):
                 or indices.shape[0] != pixel_values.shape[0]:
             raise ValueError(f"`visual_tokenizer` must return integer code indices [B, N] with B = "
                              f"{pixel_values.shape[0]}, got {describe(indices)}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.num_codes):
-            raise ValueError(f"`visual_tokenizer` must return codes in [0, {self.num_codes}), got values in "
-                             f"[{int(indices.min())}, {int(indices.max())}]")
+        check_index_range("visual_tokenizer codes", indices, self.num_codes)
         return indices.long()
 
 

@@ -183,6 +183,18 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
             temperature=cfg.synthetic_temperature, generator=generator,
         )
 
+    @torch.compiler.disable  # how many captions could be rewritten is data: compiled code resumes after it
+    def _synthetic_rows(self, input_ids, attention_mask, generator):
+        """(source rows [S], synthetic captions [S, T], rewritten positions [S, T]) for the rows whose caption
+        could be rewritten, out of `itm_synthetic_ratio * B` drawn."""
+        batch = input_ids.shape[0]
+        rows = _randperm(batch, generator, input_ids.device)[:round(self.config.itm_synthetic_ratio * batch)]
+        if not len(rows):
+            return rows, input_ids[:0], torch.zeros_like(input_ids[:0], dtype=torch.bool)
+        synthetic = self.synthesize_negatives(input_ids[rows], attention_mask[rows], generator)
+        valid = synthetic.valid
+        return rows[valid], synthetic.input_ids[valid], synthetic.replaced[valid]
+
     def _itm(self, image_embeds, text_embeds, input_ids, attention_mask, generator):
         """ITM on [positives | in-batch negatives | synthetic negatives]; returns (loss, logits, fields)."""
         cfg, model, batch = self.config, self.vilta, input_ids.shape[0]
@@ -190,12 +202,7 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
         n_inbatch = round(cfg.itm_inbatch_ratio * batch) if batch > 1 else 0
         rows_in = _randperm(batch, generator, device)[:n_inbatch]
         partner = (rows_in + _randint(1, max(batch, 2), n_inbatch, generator, device)) % batch  # never itself
-        rows_syn = _randperm(batch, generator, device)[:round(cfg.itm_synthetic_ratio * batch)]
-        syn_ids, replaced = input_ids[:0], torch.zeros_like(input_ids[:0], dtype=torch.bool)
-        if len(rows_syn):
-            synthetic = self.synthesize_negatives(input_ids[rows_syn], attention_mask[rows_syn], generator)
-            rows_syn, syn_ids = rows_syn[synthetic.valid], synthetic.input_ids[synthetic.valid]  # [S], [S, T]
-            replaced = synthetic.replaced[synthetic.valid]
+        rows_syn, syn_ids, replaced = self._synthetic_rows(input_ids, attention_mask, generator)
         syn_mask = attention_mask[rows_syn]
         images = torch.cat([image_embeds, image_embeds[rows_in], image_embeds[rows_syn]])  # [B + n + S, 1 + N, D]
         texts = [text_embeds, text_embeds[partner]] + ([model.encode_text(syn_ids, syn_mask)] if len(rows_syn) else [])
