@@ -2,10 +2,9 @@
 `torch._dynamo.explain` (tracing only, nothing is compiled or timed, so the counts do not depend on the machine).
 
 Every break is a place where compiled code hands back to Python; a break from reading a tensor back to the host
-(`int(t.max())`, `.item()`) is also a GPU synchronisation in eager mode. Three settings per method:
-`default` (torch.compile as it comes, the training scripts' per-step generator), `configured`
-(`vl_models.configure_torch_compile()`: masked-position selections traced as data-dependent shapes) and
-`configured, global RNG` (no explicit generator: dynamo cannot trace a `torch.Generator` argument).
+(`int(t.max())`, `.item()`) is also a GPU synchronisation in eager mode. Two settings per method: `default`
+(torch.compile as `--torch_compile` runs it, with the training scripts' per-step generator) and `global RNG`
+(no explicit generator: dynamo cannot trace a `torch.Generator` argument, so every random draw given one breaks).
 
     python bench/bench_graph_breaks.py
     python bench/bench_graph_breaks.py --methods albef --reasons
@@ -21,12 +20,11 @@ import torch
 import vl_models
 from common import machine, pretraining_batch, print_table, write_json
 
-SETTINGS = {"default": (False, True), "configured": (True, True), "configured, global RNG": (True, False)}
+SETTINGS = {"default": True, "global RNG": False}  # name -> pass the per-step generator
 
 
-def explain(model, batch, *, configured: bool, generator: bool):
+def explain(model, batch, *, generator: bool):
     torch._dynamo.reset()
-    torch._dynamo.config.capture_dynamic_output_shape_ops = configured
     kwargs = {"generator": torch.Generator().manual_seed(0)} if generator else {}
     return torch._dynamo.explain(model)(**batch, **kwargs)
 
@@ -44,7 +42,6 @@ def main() -> None:
     parser.add_argument("--reasons", action="store_true", help="list each break's place and reason")
     parser.add_argument("--out", default="bench/results/graph_breaks.json", help="JSON output")
     args = parser.parse_args()
-    default_capture = torch._dynamo.config.capture_dynamic_output_shape_ops
     rows = []
     for method in args.methods:
         torch.manual_seed(0)
@@ -52,9 +49,9 @@ def main() -> None:
         model = vl_models.get_method(method).pretraining_class(config).train()
         batch = pretraining_batch(config, 4, 16, "cpu")
         row = {"method": method}
-        for name, (configured, generator) in SETTINGS.items():
+        for name, generator in SETTINGS.items():
             try:
-                result = explain(model, batch, configured=configured, generator=generator)
+                result = explain(model, batch, generator=generator)
             except Exception as err:  # a forward dynamo cannot trace at all: the table says so
                 row[name] = f"fails: {type(err).__name__}"
                 continue
@@ -65,7 +62,6 @@ def main() -> None:
                 for (place, reason), count in places.most_common():
                     print(f"  {count}x {place}  {reason}")
         rows.append(row)
-    torch._dynamo.config.capture_dynamic_output_shape_ops = default_capture
     print("graph breaks in one pre-training forward")
     print_table(rows, ["method", *SETTINGS])
     write_json(args.out, {**machine("cpu"), "torch": torch.__version__, "args": vars(args)}, rows)

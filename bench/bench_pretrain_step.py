@@ -48,8 +48,6 @@ def build(method: str, size: str, variant: str, args, device):
     flops = counted_flops(make_step(model))  # the plain step's model FLOPs; doubles as a warm-up step
     if variant == "checkpointing":
         model.activation_checkpointing_enable()
-    if variant == "compile":
-        vl_models.configure_torch_compile()
     forward = torch.compile(model) if variant == "compile" else model
     return make_step(forward), sum(p.numel() for p in trainable), flops
 

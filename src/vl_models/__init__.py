@@ -6,7 +6,6 @@ Importing the package registers every method with transformers' Auto classes, so
 
 from . import hub, models  # noqa: F401  (models registers the methods)
 from .configuration_utils import AlignFuseConfig, TextTowerConfig, VisionTowerConfig
-from .modeling_utils import configure_torch_compile
 from .models.albef import (
     AlbefConfig,
     AlbefForImagesAndTextClassification,
@@ -76,7 +75,6 @@ from .registry import build, build_processor, get_config, get_method, list_metho
 __version__ = "0.1.0"
 
 __all__ = [
-    "configure_torch_compile",
     "SIZES",
     "AlbefConfig",
     "AlbefForImagesAndTextClassification",

@@ -17,13 +17,6 @@ from .layers.momentum import FeatureQueue
 from .layers.transformer import LayerScale
 
 
-def configure_torch_compile() -> None:
-    """Call once before `torch.compile(model)` (the training scripts' `--torch_compile` does): lets dynamo trace
-    the masked-position selection of the MLM / MIM heads, a data-dependent shape that keeps unmasked tokens away
-    from the vocabulary classifier, instead of splitting the compiled graph at every head."""
-    torch._dynamo.config.capture_dynamic_output_shape_ops = True
-
-
 def _raise_on_mismatch(cls, source, loading_info: dict) -> None:
     mismatched = sorted(loading_info.get("mismatched_keys") or [])
     if not mismatched:

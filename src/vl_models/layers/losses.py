@@ -105,16 +105,15 @@ def select_masked(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """CE over selected positions: logits [M, V], labels [M] (all valid).
 
-    With M == 0 returns ``logits.sum() * 0``: a zero that stays in the graph, so every rank runs the
-    same backward under DDP even when a batch happened to have nothing masked.
+    With M == 0 returns a zero that stays in the graph, so every rank runs the same backward under DDP even
+    when a batch happened to have nothing masked. Written as a sum over max(M, 1) rather than a branch on M, so
+    torch.compile traces one graph whatever M turns out to be.
     """
     check_tensor("logits", logits, ndim=2, dtype="float")
     check_tensor("labels", labels, ndim=1, dtype="int")
     if labels.shape[0] != logits.shape[0]:
         raise ValueError(f"`labels` must have {logits.shape[0]} rows like `logits`, got {describe(labels)}")
-    if logits.shape[0] == 0:
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(logits.float(), labels, reduction="sum") / torch.sym_max(logits.shape[0], 1)
 
 
 def soft_target_cross_entropy(

@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from ..data.collators import sample_seed
 from ..layers.codebook import VectorQuantizer
-from ..modeling_utils import configure_torch_compile
 from .checkpoint import save_checkpoint, write_atomic
 from .guard import NonFiniteGuard, describe_event
 from .logging import Throughput, build_trackers
@@ -123,8 +122,6 @@ def parse_overrides(text: str | None) -> dict:
 def make_accelerator(args, logging_dir: Path) -> Accelerator:
     """CPU-only machines get `cpu=True`, which is what makes `accelerate launch --multi_gpu --num_processes 2`
     run two gloo processes on a CPU (plain Accelerator() would start two independent runs)."""
-    if args.torch_compile:
-        configure_torch_compile()
     return Accelerator(
         cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
         mixed_precision=args.mixed_precision,

@@ -109,9 +109,6 @@ class ViltaTextTeacher(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)  # soft labels must not depend on dropout
 
-    # eager under torch.compile: inductor (torch 2.13) fails on this second data-dependent selection of the same
-    # masked positions in a step ("AssertionError: u6 -> u0"); the frozen teacher is a small part of the step
-    @torch.compiler.disable
     @torch.no_grad()
     def forward(self, input_ids, attention_mask, labels):
         """Logits [M, V] at the positions where labels != -100, from the caption alone."""
