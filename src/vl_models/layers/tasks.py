@@ -18,6 +18,14 @@ from .losses import contrastive_loss, grounding_loss, vqa_soft_score_loss
 from .outputs import VlClassificationOutput, VlGroundingOutput, VlRetrievalOutput
 
 
+def check_pair(pixel_values, input_ids, attention_mask) -> torch.Tensor:
+    """A downstream pair's inputs: both given, one batch size; returns the attention mask (all ones if None)."""
+    if pixel_values is None or input_ids is None:
+        raise ValueError(f"`{'pixel_values' if pixel_values is None else 'input_ids'}` is required, got None")
+    check_same_batch(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+    return torch.ones_like(input_ids) if attention_mask is None else attention_mask
+
+
 class _TaskMixin:
     _backbone_class: type
 
@@ -32,12 +40,7 @@ class _TaskMixin:
                     module.requires_grad_(False)
 
     def _encode_pair(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False):
-        if pixel_values is None or input_ids is None:
-            missing = "pixel_values" if pixel_values is None else "input_ids"
-            raise ValueError(f"`{missing}` is required, got None")
-        check_same_batch(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        attention_mask = check_pair(pixel_values, input_ids, attention_mask)
         model = self.base_model
         image_embeds = model.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         text_embeds = model.encode_text(input_ids, attention_mask)

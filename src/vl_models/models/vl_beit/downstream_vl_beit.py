@@ -12,16 +12,14 @@ from ...layers.align_fuse import itm_with_hard_negatives
 from ...layers.losses import contrastive_loss
 from ...layers.momentum import freeze
 from ...layers.outputs import VlClassificationOutput, VlRetrievalOutput
-from ...layers.tasks import ImagesAndTextClassificationMixin, QuestionAnsweringMixin, VisualGroundingMixin
-from ...utils import check_same_batch, check_tensor
+from ...layers.tasks import (
+    ImagesAndTextClassificationMixin,
+    QuestionAnsweringMixin,
+    VisualGroundingMixin,
+    check_pair,
+)
+from ...utils import check_tensor
 from .modeling_vl_beit import VlBeitModel, VlBeitPreTrainedModel
-
-
-def _check_pair(pixel_values, input_ids, attention_mask):
-    if pixel_values is None or input_ids is None:
-        raise ValueError(f"`{'pixel_values' if pixel_values is None else 'input_ids'}` is required, got None")
-    check_same_batch(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
-    return torch.ones_like(input_ids) if attention_mask is None else attention_mask
 
 
 class _JointPassMixin:
@@ -36,7 +34,7 @@ class _JointPassMixin:
                 freeze(layer.experts["image"])
 
     def _pooled(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False):
-        mask = _check_pair(pixel_values, input_ids, attention_mask)
+        mask = check_pair(pixel_values, input_ids, attention_mask)
         return self.base_model.fuse(pixel_values, input_ids, mask, interpolate_pos_encoding)[:, 0]  # [B, D]
 
 
@@ -69,7 +67,7 @@ class VlBeitForImageTextRetrieval(VlBeitPreTrainedModel):
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=None, generator=None,
                 interpolate_pos_encoding=False, **kwargs) -> VlRetrievalOutput:
-        mask = _check_pair(pixel_values, input_ids, attention_mask)
+        mask = check_pair(pixel_values, input_ids, attention_mask)
         model = self.vl_beit
         image_feat = model.get_image_features(pixel_values, interpolate_pos_encoding)  # [B, E]
         text_feat = model.get_text_features(input_ids, mask)
