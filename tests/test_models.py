@@ -223,6 +223,25 @@ def test_retrieval_rank_reranks_the_top_k_with_itm(method):
     assert reranked.gather(1, top_itc).all()  # every image's ITC top-k was re-ranked
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_retrieval_fine_tunes_at_a_higher_resolution(method):
+    """`interpolate_pos_encoding` reaches every pass of the retrieval loss, the hard negatives' fusion included
+    (VL-BEiT's fusion is a joint pass from the pixels), and its ITM logits are those `rank` re-scores with."""
+    model = build(method, cls=vl_models.get_method(method).task_classes["retrieval"], **NO_DROPOUT)
+    batch = make_batch(model.config)
+    vision = model.config.vision_config
+    side = vision.image_size + 2 * vision.patch_size
+    batch["pixel_values"] = torch.nn.functional.interpolate(batch["pixel_values"], size=(side, side))
+    out = model.train()(**batch, interpolate_pos_encoding=True, generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.logits_per_image.shape == (4, 4)
+    model.eval()
+    at_base = make_batch(model.config, batch_size=3)
+    scores = model.rank(at_base["pixel_values"], at_base["input_ids"], at_base["attention_mask"], k=3)
+    match = model(**at_base, return_loss=False).itm_logits.softmax(-1)[:, 1]
+    torch.testing.assert_close(scores.diagonal() - 2.0, match, atol=1e-5, rtol=1e-4)
+
+
 def test_vlmae_student_sees_only_the_visible_patches():
     model = build("vlmae").train()
     n = model.config.vision_config.num_patches

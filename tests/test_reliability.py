@@ -40,6 +40,7 @@ from vl_models.training import (
     NonFiniteGuard,
     NonFiniteLossError,
     build_scheduler,
+    loss_scale,
     optimizer_step,
     read_log,
 )
@@ -392,6 +393,38 @@ def test_fp16_non_finite_loss_still_skips(fresh_accelerate_state):
         skipped.append(optimizer_step(accelerator, model, optimizer, scheduler, 1.0, guard=guard)[1])
         assert torch.equal(model.weight.detach(), before) == poison
     assert skipped == [False, True, False, True, False] and scheduler.last_epoch == 3
+
+
+def test_fp16_gradient_scaler_skip_holds_the_schedule_and_reverts_the_codebook(fresh_accelerate_state):
+    """fp16 on a GPU: inf/NaN gradients under a finite loss make the gradient scaler skip the step and lower its
+    scale. The update then counts as skipped like any other: no schedule step, the codebook statistics reverted,
+    and, being routine while the scale settles, no step towards stopping. Accelerate gives a CPU no scaler, so
+    a real CPU GradScaler stands in for the CUDA one (same class, same skip logic)."""
+    accelerator = Accelerator(cpu=True, mixed_precision="fp16")
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    torch.manual_seed(0)
+    model = _Quantized().train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(optimizer.optimizer, 0, 10)
+    guard = NonFiniteGuard(max_consecutive=1)
+    poison = {"on": False}
+    model.proj.weight.register_hook(lambda grad: grad * float("inf") if poison["on"] else grad)
+    skipped = []
+    for step in range(4):
+        poison["on"] = step in (1, 2)
+        before = _state(model)
+        with accelerator.autocast():
+            out = model(torch.randn(16, 4))
+        guard.observe(out)
+        accelerator.backward(out["loss"])
+        skipped.append(optimizer_step(accelerator, model, optimizer, scheduler, 1.0, guard=guard)[1])
+        assert math.isfinite(out["loss"].item())
+        kept = all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        assert kept == poison["on"]  # weights and codebook (its k-means init and EMA) as before the forward
+    assert skipped == [False, True, True, False] and scheduler.last_epoch == 2
+    assert guard.consecutive == 0 and guard.total == 0 and guard.event is None  # two in a row, no stop
+    assert loss_scale(accelerator) == 2.0**8  # halved by each skip
 
 
 @pytest.mark.slow

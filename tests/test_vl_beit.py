@@ -61,6 +61,33 @@ def test_relative_position_index_matches_beit_formula():
     torch.testing.assert_close(bias[1, 0, 4:, 4:], table[index, 1, 0])
 
 
+def test_relative_position_bias_resamples_to_another_grid():
+    """Fine-tuning at a higher resolution: offsets scale with the grid, so the zero offset, the largest offsets
+    (the corners) and the CLS entries keep their learned values; the model runs on the larger grid."""
+    module = RelativePositionBias((3, 4), num_heads=2, num_layers=1)
+    nn.init.normal_(module.table)
+    assert module.table_for((3, 4)) is module.table
+    bigger = module.table_for((5, 7))  # offsets: 5 x 7 -> 9 x 13
+    assert bigger.shape == (9 * 13 + 3, 2)
+    old = module.table[:-3].view(5, 7, 2)
+    new = bigger[:-3].view(9, 13, 2)
+    for (oy, ox), (ny, nx) in [((2, 3), (4, 6)), ((0, 0), (0, 0)), ((4, 6), (8, 12)), ((0, 6), (0, 12))]:
+        torch.testing.assert_close(new[ny, nx], old[oy, ox])
+    torch.testing.assert_close(bigger[-3:], module.table[-3:])
+    assert module(text_length=2, grid=(5, 7)).shape == (1, 2, 2 + 1 + 35, 2 + 1 + 35)
+
+    model = build(**NO_DROPOUT).eval()
+    with torch.no_grad():
+        model.vl_beit.relative_position.table.normal_()
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model.vl_beit.encode_image(pixels, interpolate_pos_encoding=True),
+                               model.vl_beit.encode_image(pixels))  # the learned grid: nothing resampled
+    large = torch.randn(2, 3, 48, 48)
+    assert model.vl_beit.encode_image(large, interpolate_pos_encoding=True).shape == (2, 1 + 36, 32)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        model.vl_beit._position_bias(large, 0)
+
+
 def test_eager_and_sdpa_agree_with_a_strong_position_bias_and_padding():
     model = build(**NO_DROPOUT).eval()
     with torch.no_grad():
@@ -252,8 +279,8 @@ def test_bad_inputs_name_the_argument():
         model(**{**batch, "attention_mask": batch["attention_mask"][:, :5]})
     with pytest.raises(ValueError, match="none of them"):
         model()
-    with pytest.raises(ValueError, match="pixel_values"):
-        model.vl_beit.encode_image(torch.randn(2, 3, 48, 48), interpolate_pos_encoding=True)
+    with pytest.raises(ValueError, match="pixel_values|interpolate_pos_encoding"):
+        model.vl_beit.encode_image(torch.randn(2, 3, 48, 48))
 
 
 def test_invalid_configs_fail_when_built():

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..utils import check_pretraining_pairs, check_same_batch
+from ..utils import check_pretraining_pairs
 from .backbone import BackboneMixin
 from .heads import MlmHead
 from .losses import (
@@ -25,7 +25,7 @@ from .losses import (
     select_masked,
     soft_cross_entropy,
 )
-from .masking import mask_text
+from .masking import mlm_inputs
 from .momentum import (
     FeatureQueue,
     copy_student_to_teacher,
@@ -155,17 +155,6 @@ class AlignFusePreTrainingMixin(FromTowersMixin):
         return check_pretraining_pairs(pixel_values, input_ids, attention_mask,
                                        needs_negatives=self.config.itm_weight > 0)
 
-    def _mask_text(self, input_ids, attention_mask, mlm_input_ids, mlm_labels, generator):
-        if (mlm_input_ids is None) != (mlm_labels is None):
-            raise ValueError("pass both `mlm_input_ids` and `mlm_labels` (from a collator) or neither")
-        if mlm_input_ids is not None:
-            check_same_batch(input_ids=input_ids, mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels)
-            return mlm_input_ids, mlm_labels
-        text = self.config.text_config
-        return mask_text(input_ids, mask_token_id=text.mask_token_id, vocab_size=text.vocab_size,
-                         special_token_ids=text.special_token_ids, attention_mask=attention_mask,
-                         probability=self.config.mlm_probability, generator=generator)
-
     # -- objectives -------------------------------------------------------------------------------------------
 
     def align_fuse_losses(self, *, image_embeds, pixel_values, input_ids, attention_mask, mlm_input_ids=None,
@@ -176,7 +165,9 @@ class AlignFusePreTrainingMixin(FromTowersMixin):
         """
         model, teacher, cfg = self.base_model, self.momentum_model, self.config
         alpha = cfg.alpha if alpha is None else alpha
-        mlm_input_ids, mlm_labels = self._mask_text(input_ids, attention_mask, mlm_input_ids, mlm_labels, generator)
+        mlm_input_ids, mlm_labels = mlm_inputs(input_ids, attention_mask, mlm_input_ids, mlm_labels,
+                                               generator=generator,
+                                               text_config=cfg.text_config, probability=cfg.mlm_probability)
         with torch.no_grad():
             self.temp.clamp_(0.001, 0.5)
         text_embeds = model.encode_text(input_ids, attention_mask)
@@ -237,8 +228,8 @@ class AlignFusePreTrainingMixin(FromTowersMixin):
                                    itm_accuracy=extras["itm_accuracy"], mlm_logits=extras["mlm_logits"], **fields)
 
     def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, generator):
-        return itm_with_hard_negatives(self.base_model, self.itm_head, image_embeds, text_embeds, attention_mask,
-                                       sim_i2t, sim_t2i, generator)
+        return itm_with_hard_negatives(self.base_model.fuse, self.itm_head, image_embeds, text_embeds,
+                                       attention_mask, sim_i2t, sim_t2i, generator)
 
 
 def sample_hard_negatives(sim_i2t, sim_t2i, generator=None):
@@ -259,15 +250,16 @@ def sample_hard_negatives(sim_i2t, sim_t2i, generator=None):
     return neg_image, neg_text
 
 
-def itm_with_hard_negatives(model, itm_head, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i,
+def itm_with_hard_negatives(fuse, itm_head, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i,
                             generator=None):
-    """ITM on B positives and 2B hard negatives. Returns (loss, logits [3B, 2], accuracy)."""
+    """ITM on B positives and 2B hard negatives; `fuse(images, texts, masks)` is the fusion encoder (its first
+    position is classified). Returns (loss, logits [3B, 2], accuracy)."""
     batch = image_embeds.shape[0]
     neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_t2i, generator)
     images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds], dim=0)  # [3B, 1 + n, D]
     texts = torch.cat([text_embeds, text_embeds, text_embeds[neg_text]], dim=0)
     masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]], dim=0)
-    logits = itm_head(model.fuse(images, texts, masks)[:, 0])  # [3B, 2]
+    logits = itm_head(fuse(images, texts, masks)[:, 0])  # [3B, 2]
     labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(logits.device)
     accuracy = (logits.argmax(-1) == labels).float().mean().detach()
     return F.cross_entropy(logits, labels), logits, accuracy

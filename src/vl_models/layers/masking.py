@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vl_models.utils import check_index_range, check_range, check_tensor, describe
+from vl_models.utils import check_index_range, check_range, check_same_batch, check_tensor, describe
 
 
 @dataclass
@@ -272,3 +272,19 @@ def mask_text(
     random_ids = allowed_ids[pick.to(device)]
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     return torch.where(to_random, random_ids, masked), labels
+
+
+def mlm_inputs(input_ids, attention_mask, mlm_input_ids, mlm_labels, *, text_config, probability: float,
+               generator: torch.Generator | None = None, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked-language-modeling inputs of a step: those a collator made (`mlm_input_ids`, `mlm_labels`,
+    checked against the batch), or `mask_text` of `input_ids` here with `text_config`'s special tokens.
+    `prefix` names the arguments in errors (VL-BEiT's `text_` stream)."""
+    if (mlm_input_ids is None) != (mlm_labels is None):
+        raise ValueError(f"pass both `{prefix}mlm_input_ids` and `{prefix}mlm_labels` (from a collator) or neither")
+    if mlm_input_ids is not None:
+        check_same_batch(**{f"{prefix}input_ids": input_ids, f"{prefix}mlm_input_ids": mlm_input_ids,
+                            f"{prefix}mlm_labels": mlm_labels})
+        return mlm_input_ids, mlm_labels
+    return mask_text(input_ids, mask_token_id=text_config.mask_token_id, vocab_size=text_config.vocab_size,
+                     special_token_ids=text_config.special_token_ids, attention_mask=attention_mask,
+                     probability=probability, generator=generator)

@@ -35,10 +35,12 @@ def relative_position_index(grid: tuple[int, int]) -> torch.Tensor:
 
 
 class RelativePositionBias(nn.Module):
-    """Bias tables of `num_layers` layers with `num_heads` heads each over a fixed patch `grid` (h, w).
+    """Bias tables of `num_layers` layers with `num_heads` heads each, learned over a patch `grid` (h, w).
 
-    `forward(text_length)` -> [num_layers, H, T + 1 + N, T + 1 + N]: the image block (CLS + patches, after
-    `text_length` text tokens) gets the learned bias, text rows and columns get zero.
+    `forward(text_length, grid)` -> [num_layers, H, T + 1 + N, T + 1 + N]: the image block (CLS + patches, after
+    `text_length` text tokens) gets the learned bias, text rows and columns get zero. Another `grid` (fine-tuning
+    at a higher resolution) resamples the table of patch offsets bicubically, offsets scaled with the grid so that
+    the same fraction of the image gets the same bias (BEiT's recipe); the three CLS entries are kept.
     """
 
     def __init__(self, grid: tuple[int, int], num_heads: int, num_layers: int):
@@ -47,10 +49,24 @@ class RelativePositionBias(nn.Module):
         rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
         self.table = nn.Parameter(torch.zeros(rows, num_layers * num_heads))
 
-    def forward(self, text_length: int = 0) -> torch.Tensor:
-        index = relative_position_index(self.grid).to(self.table.device)
+    def table_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """The bias table over another patch grid: [(2h' - 1)(2w' - 1) + 3, layers * heads]."""
+        grid = tuple(grid)
+        if grid == self.grid:
+            return self.table
+        if min(grid) < 1:
+            raise ValueError(f"`grid` must be at least 1 x 1 patches, got {grid}")
+        (height, width), channels = self.grid, self.table.shape[1]
+        offsets = self.table[:-3].t().reshape(1, channels, 2 * height - 1, 2 * width - 1)
+        resized = nn.functional.interpolate(offsets.float(), size=(2 * grid[0] - 1, 2 * grid[1] - 1),
+                                            mode="bicubic", align_corners=True).to(self.table.dtype)
+        return torch.cat([resized.reshape(channels, -1).t(), self.table[-3:]])
+
+    def forward(self, text_length: int = 0, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        grid = self.grid if grid is None else tuple(grid)
+        index = relative_position_index(grid).to(self.table.device)
         size = index.shape[0]
-        bias = self.table[index.view(-1)].view(size, size, self.num_layers, self.num_heads)
+        bias = self.table_for(grid)[index.view(-1)].view(size, size, self.num_layers, self.num_heads)
         bias = bias.permute(2, 3, 0, 1)  # [layers, H, 1 + N, 1 + N]
         if text_length:
             bias = nn.functional.pad(bias, (text_length, 0, text_length, 0))  # text tokens: no bias

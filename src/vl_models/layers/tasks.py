@@ -8,6 +8,8 @@ AlbefPreTrainedModel): _backbone_class = AlbefModel`. The backbone (`XModel`) pr
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -53,7 +55,10 @@ class _TaskMixin:
 
 
 class ImageTextRetrievalMixin(_TaskMixin):
-    """ITC ranks all pairs; ITM re-ranks the top k (ALBEF). Training: contrastive + hard-negative ITM."""
+    """ITC ranks all pairs; ITM re-ranks the top k (ALBEF). Training: contrastive + hard-negative ITM.
+
+    The fusion encoder pairs up the unimodal outputs; a backbone whose fusion is a joint pass from the inputs
+    (VL-BEiT) overrides `_fusion_inputs` and `_fuse`."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -67,6 +72,13 @@ class ImageTextRetrievalMixin(_TaskMixin):
 
         init.constant_(self.temp, self.config.temperature)
 
+    def _fusion_inputs(self, image_embeds, text_embeds, pixel_values, input_ids):
+        """What `_fuse` pairs up, row for row."""
+        return image_embeds, text_embeds
+
+    def _fuse(self, images, texts, attention_mask, interpolate_pos_encoding=False):
+        return self.base_model.fuse(images, texts, attention_mask)  # the image embeddings are interpolated already
+
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=None,
                 generator=None, interpolate_pos_encoding=False, **kwargs) -> VlRetrievalOutput:
         image_embeds, text_embeds, mask = self._encode_pair(pixel_values, input_ids, attention_mask,
@@ -75,38 +87,38 @@ class ImageTextRetrievalMixin(_TaskMixin):
         image_feat, text_feat = model.image_feat(image_embeds), model.text_feat(text_embeds)
         temp = self.temp.clamp(0.001, 0.5)
         logits_per_image = image_feat @ text_feat.t() / temp  # [B, B]
-        itm_logits = self.itm_head(model.fuse(image_embeds, text_embeds, mask)[:, 0])  # the given pairs
+        images, texts = self._fusion_inputs(image_embeds, text_embeds, pixel_values, input_ids)
+        fuse = partial(self._fuse, interpolate_pos_encoding=interpolate_pos_encoding)
+        itm_logits = self.itm_head(fuse(images, texts, mask)[:, 0])  # the given pairs
         out = VlRetrievalOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_image.t(),
                                 itm_logits=itm_logits, image_feat=image_feat, text_feat=text_feat)
         if return_loss if return_loss is not None else self.training:
-            loss_itm, _, _ = itm_with_hard_negatives(model, self.itm_head, image_embeds, text_embeds, mask,
+            loss_itm, _, _ = itm_with_hard_negatives(fuse, self.itm_head, images, texts, mask,
                                                      logits_per_image, logits_per_image.t(), generator)
             out.loss = contrastive_loss(image_feat, text_feat, temp) + loss_itm
         return out
 
     @torch.no_grad()
     def rank(self, pixel_values, input_ids, attention_mask=None, *, k: int = 16, batch_size: int = 64):
-        """Scores [N_images, N_texts]: ITC similarity everywhere, plus the ITM match probability for each
+        """Scores [N_images, N_texts]: ITC similarity everywhere, plus 2 + the ITM match probability for each
         image's top-k texts and each text's top-k images (so re-ranked pairs sort first)."""
         check_tensor("pixel_values", pixel_values, ndim=4, dtype="float")
         check_tensor("input_ids", input_ids, ndim=2, dtype="int")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         model = self.base_model
-        images = torch.cat([model.encode_image(p) for p in pixel_values.split(batch_size)])
-        texts = torch.cat([model.encode_text(t, m) for t, m in zip(input_ids.split(batch_size),
-                                                                    attention_mask.split(batch_size))])
-        sims = model.image_feat(images) @ model.text_feat(texts).t()  # [I, T]
+        image_embeds = torch.cat([model.encode_image(p) for p in pixel_values.split(batch_size)])
+        text_embeds = torch.cat([model.encode_text(t, m) for t, m in zip(input_ids.split(batch_size),
+                                                                          mask.split(batch_size))])
+        sims = model.image_feat(image_embeds) @ model.text_feat(text_embeds).t()  # [I, T]
         k_t, k_i = min(k, sims.shape[1]), min(k, sims.shape[0])
         pairs = {(i, int(t)) for i in range(sims.shape[0]) for t in sims[i].topk(k_t).indices}
         pairs |= {(int(i), t) for t in range(sims.shape[1]) for i in sims[:, t].topk(k_i).indices}
-        pairs = sorted(pairs)
+        pairs = torch.tensor(sorted(pairs), device=sims.device)
+        images, texts = self._fusion_inputs(image_embeds, text_embeds, pixel_values, input_ids)
         scores = sims.clone()
-        for chunk in range(0, len(pairs), batch_size):
-            idx = torch.tensor(pairs[chunk:chunk + batch_size], device=sims.device)
-            fused = model.fuse(images[idx[:, 0]], texts[idx[:, 1]], attention_mask[idx[:, 1]])
-            match = self.itm_head(fused[:, 0]).softmax(-1)[:, 1]
-            scores[idx[:, 0], idx[:, 1]] = 2.0 + match  # above every ITC-only score (cosine <= 1)
+        for idx in pairs.split(batch_size):
+            fused = self._fuse(images[idx[:, 0]], texts[idx[:, 1]], mask[idx[:, 1]])
+            scores[idx[:, 0], idx[:, 1]] = 2.0 + self.itm_head(fused[:, 0]).softmax(-1)[:, 1]  # above any cosine
         return scores
 
 

@@ -14,8 +14,9 @@ class NonFiniteLossError(RuntimeError):
 class NonFiniteGuard:
     """Collects the loss terms of an update's micro-batches (`observe`, no host sync) so that `optimizer_step`
     can skip the update on every process when any of them is non-finite on any process. Counts the skips and
-    raises `NonFiniteLossError` after `max_consecutive` skipped updates in a row. `event` describes the last
-    skipped update (its loss terms averaged over processes: a NaN or inf shows which term broke)."""
+    raises `NonFiniteLossError` after `max_consecutive` skipped updates in a row. `event` describes the update
+    just skipped (its loss terms averaged over processes: a NaN or inf shows which term broke); None after an
+    update the guard let through."""
 
     def __init__(self, max_consecutive: int = 10):
         if isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 1:
@@ -52,7 +53,7 @@ class NonFiniteGuard:
                           "skipped_consecutive": float(self.consecutive), "skipped/grad_norm": grad_norm,
                           **{f"skipped/{k}": v for k, v in zip(keys, means)}}
         else:
-            self.consecutive = 0
+            self.consecutive, self.event = 0, None
         return skip
 
     def check(self) -> None:

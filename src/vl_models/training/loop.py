@@ -153,14 +153,21 @@ def _codebooks(model) -> list[VectorQuantizer]:
     return [m for m in model.modules() if isinstance(m, VectorQuantizer)]
 
 
+def loss_scale(accelerator) -> float | None:
+    """The fp16 gradient scaler's current scale (None without one)."""
+    scaler = getattr(accelerator, "scaler", None)
+    return float(scaler.get_scale()) if scaler is not None else None
+
+
 def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: float,
                    guard: NonFiniteGuard | None = None) -> tuple[float, bool]:
     """Clip, step and zero the gradients once they are synchronised. A non-finite gradient norm (the same on
     every process after all-reduce) or, with a `guard` that observed the micro-batches, a non-finite loss term
     on any process skips the update on every process: no optimizer or schedule step, and the codebook
     statistics the update's forwards changed (EMA, restarts) are reverted. With fp16 the gradient scaler
-    decides about non-finite gradients itself. Returns (gradient norm, whether the update was skipped); with a
-    guard, raises `NonFiniteLossError` after `guard.max_consecutive` skips in a row."""
+    decides about non-finite gradients itself, and its skips are handled the same way (they do not count towards
+    stopping). Returns (gradient norm, whether the update was skipped); with a guard, raises `NonFiniteLossError`
+    after `guard.max_consecutive` skips in a row."""
     norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
     norm = float(norm) if norm is not None else float("nan")
     norm_counts = accelerator.mixed_precision != "fp16"  # fp16: the scaler skips inf/NaN gradients itself
@@ -178,9 +185,17 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: floa
                        describe_event(guard.event) if guard is not None else f"grad_norm={norm:.4g}")
     else:
         optimizer.step()
-        scheduler.step()
-        for codebook in _codebooks(model):
-            codebook.commit_updates()
+        if accelerator.optimizer_step_was_skipped:
+            # fp16: the gradient scaler found inf/NaN gradients and lowered its scale (routine while the scale
+            # settles); as for any skipped update, the schedule waits and the codebook statistics are reverted
+            skipped = True
+            for codebook in _codebooks(model):
+                codebook.revert_updates()
+            logger.info("fp16: the gradient scaler skipped the update, loss scale now %g", loss_scale(accelerator))
+        else:
+            scheduler.step()
+            for codebook in _codebooks(model):
+                codebook.commit_updates()
     optimizer.zero_grad(set_to_none=True)
     if guard is not None:
         guard.check()
@@ -219,8 +234,9 @@ def train_updates(accelerator, args, *, model, train_dl, collator, optimizer, sc
                 continue
             step += 1
             bar.update(1)
-            if skipped:
-                accelerator.log(guard.event, step=step)  # which loss term broke, averaged over processes
+            if skipped:  # which loss term broke (averaged over processes), or the fp16 scaler's own skip
+                accelerator.log(guard.event or {"skipped_update": 1.0, "loss_scale": loss_scale(accelerator)},
+                                step=step)
             if step % args.logging_steps == 0 or step == total:
                 values = meter.mean(accelerator)
                 values.update(lr=scheduler.get_last_lr()[0], grad_norm=grad_norm, epoch=epoch,

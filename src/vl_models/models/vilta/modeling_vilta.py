@@ -15,7 +15,7 @@ from ...layers.backbone import BackboneMixin
 from ...layers.coattention import CoAttentionTransformer
 from ...layers.heads import MlmHead
 from ...layers.losses import contrastive_loss, select_masked
-from ...layers.masking import mask_text
+from ...layers.masking import mlm_inputs
 from ...layers.momentum import copy_student_to_teacher, freeze, init_teachers_from_students
 from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
@@ -26,7 +26,7 @@ from ...layers.tasks import (
 )
 from ...layers.towers import TextTransformer, VisionTransformer
 from ...modeling_utils import VlPreTrainedModel
-from ...utils import check_pretraining_pairs, check_range, check_same_batch, check_tensor
+from ...utils import check_pretraining_pairs, check_range, check_tensor
 from .configuration_vilta import ViltaConfig
 from .pretrained_vilta import ViltaTowersMixin
 
@@ -154,17 +154,6 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
         return check_pretraining_pairs(pixel_values, input_ids, attention_mask,
                                        needs_negatives=cfg.itm_weight > 0 and cfg.itm_inbatch_ratio > 0)
 
-    def _mask_text(self, input_ids, attention_mask, mlm_input_ids, mlm_labels, generator):
-        if (mlm_input_ids is None) != (mlm_labels is None):
-            raise ValueError("pass both `mlm_input_ids` and `mlm_labels` (from a collator) or neither")
-        if mlm_input_ids is not None:
-            check_same_batch(input_ids=input_ids, mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels)
-            return mlm_input_ids, mlm_labels
-        text = self.config.text_config
-        return mask_text(input_ids, mask_token_id=text.mask_token_id, vocab_size=text.vocab_size,
-                         special_token_ids=text.special_token_ids, attention_mask=attention_mask,
-                         probability=self.config.mlm_probability, generator=generator)
-
     # -- objectives -------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -240,7 +229,10 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
         alpha = cfg.alpha if alpha is None else alpha
         check_range("alpha", alpha, 0.0, 1.0, high_inclusive=True)
         attention_mask = self._check_inputs(pixel_values, input_ids, attention_mask)
-        mlm_input_ids, mlm_labels = self._mask_text(input_ids, attention_mask, mlm_input_ids, mlm_labels, generator)
+        mlm_input_ids, mlm_labels = mlm_inputs(input_ids, attention_mask, mlm_input_ids, mlm_labels,
+                                               generator=generator,
+                                               text_config=self.config.text_config,
+                                               probability=self.config.mlm_probability)
         model = self.vilta
         image_embeds = model.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         text_embeds = model.encode_text(input_ids, attention_mask)

@@ -4,16 +4,13 @@ image classification from the vision path alone."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
-from transformers import initialization as init
 
-from ...layers.align_fuse import itm_with_hard_negatives
-from ...layers.losses import contrastive_loss
 from ...layers.momentum import freeze
-from ...layers.outputs import VlClassificationOutput, VlRetrievalOutput
+from ...layers.outputs import VlClassificationOutput
 from ...layers.tasks import (
     ImagesAndTextClassificationMixin,
+    ImageTextRetrievalMixin,
     QuestionAnsweringMixin,
     VisualGroundingMixin,
     check_pair,
@@ -51,59 +48,17 @@ class VlBeitForImagesAndTextClassification(_JointPassMixin, ImagesAndTextClassif
     _backbone_class = VlBeitModel
 
 
-class VlBeitForImageTextRetrieval(VlBeitPreTrainedModel):
+class VlBeitForImageTextRetrieval(ImageTextRetrievalMixin, VlBeitPreTrainedModel):
     """Dual encoder: ITC between the image-only and the text-only passes ranks everything cheaply. Fusion encoder:
     an ITM head on the joint pass re-ranks the top k (`rank`). Training: contrastive + ITM with hard negatives."""
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.vl_beit = VlBeitModel(config)
-        self.itm_head = nn.Linear(config.vision_config.hidden_size, 2)
-        self.temp = nn.Parameter(torch.tensor(float(config.temperature)))
-        self.post_init()
+    _backbone_class = VlBeitModel
 
-    def _init_method_parameters(self):
-        init.constant_(self.temp, self.config.temperature)
+    def _fusion_inputs(self, image_embeds, text_embeds, pixel_values, input_ids):
+        return pixel_values, input_ids  # the joint pass starts from the inputs, not from the unimodal passes
 
-    def forward(self, pixel_values=None, input_ids=None, attention_mask=None, return_loss=None, generator=None,
-                interpolate_pos_encoding=False, **kwargs) -> VlRetrievalOutput:
-        mask = check_pair(pixel_values, input_ids, attention_mask)
-        model = self.vl_beit
-        image_feat = model.get_image_features(pixel_values, interpolate_pos_encoding)  # [B, E]
-        text_feat = model.get_text_features(input_ids, mask)
-        temp = self.temp.clamp(0.001, 0.5)
-        logits_per_image = image_feat @ text_feat.t() / temp  # [B, B]
-        itm_logits = self.itm_head(model.fuse(pixel_values, input_ids, mask, interpolate_pos_encoding)[:, 0])
-        out = VlRetrievalOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_image.t(),
-                                itm_logits=itm_logits, image_feat=image_feat, text_feat=text_feat)
-        if return_loss if return_loss is not None else self.training:
-            # VL-BEiT fuses from the inputs, so the hard-negative ITM is handed pixels and ids to pair up
-            loss_itm, _, _ = itm_with_hard_negatives(model, self.itm_head, pixel_values, input_ids, mask,
-                                                     logits_per_image, logits_per_image.t(), generator)
-            out.loss = contrastive_loss(image_feat, text_feat, temp) + loss_itm
-        return out
-
-    @torch.no_grad()
-    def rank(self, pixel_values, input_ids, attention_mask=None, *, k: int = 16, batch_size: int = 64):
-        """Scores [N_images, N_texts]: ITC similarity everywhere, plus 2 + the ITM match probability for each
-        image's top-k texts and each text's top-k images (re-ranked pairs sort first)."""
-        check_tensor("pixel_values", pixel_values, ndim=4, dtype="float")
-        check_tensor("input_ids", input_ids, ndim=2, dtype="int")
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        model = self.vl_beit
-        images = torch.cat([model.get_image_features(p) for p in pixel_values.split(batch_size)])
-        texts = torch.cat([model.get_text_features(t, m) for t, m in zip(input_ids.split(batch_size),
-                                                                          mask.split(batch_size))])
-        sims = images @ texts.t()  # [I, T]
-        k_t, k_i = min(k, sims.shape[1]), min(k, sims.shape[0])
-        pairs = {(i, int(t)) for i in range(sims.shape[0]) for t in sims[i].topk(k_t).indices}
-        pairs |= {(int(i), t) for t in range(sims.shape[1]) for i in sims[:, t].topk(k_i).indices}
-        pairs = torch.tensor(sorted(pairs), device=sims.device)
-        scores = sims.clone()
-        for idx in pairs.split(batch_size):
-            fused = model.fuse(pixel_values[idx[:, 0]], input_ids[idx[:, 1]], mask[idx[:, 1]])
-            scores[idx[:, 0], idx[:, 1]] = 2.0 + self.itm_head(fused[:, 0]).softmax(-1)[:, 1]
-        return scores
+    def _fuse(self, images, texts, attention_mask, interpolate_pos_encoding=False):
+        return self.base_model.fuse(images, texts, attention_mask, interpolate_pos_encoding)
 
 
 class VlBeitForImageClassification(VlBeitPreTrainedModel):

@@ -92,15 +92,16 @@ class VlBeitModel(BackboneMixin, VlBeitPreTrainedModel):
                                   interpolate_pos_encoding=interpolate_pos_encoding)
         return x + self.modality_embeddings.weight[IMAGE]  # [B, 1 + N, D]
 
-    def _position_bias(self, pixel_values, text_length):
+    def _position_bias(self, pixel_values, text_length, interpolate_pos_encoding=False):
         if self.relative_position is None:
             return None
         patch = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        if grid != self.relative_position.grid:
+        if grid != self.relative_position.grid and not interpolate_pos_encoding:
             raise ValueError(f"`pixel_values` of {tuple(pixel_values.shape[-2:])} give a {grid} patch grid, but the "
-                             f"relative position bias is built for {self.relative_position.grid}")
-        return self.relative_position(text_length)[:, None]  # [layers, 1, H, L, L]
+                             f"relative position bias is learned on {self.relative_position.grid}: pass "
+                             "`interpolate_pos_encoding=True` to resample it")
+        return self.relative_position(text_length, grid)[:, None]  # [layers, 1, H, L, L]
 
     def _encode(self, x, text_length, padding_mask=None, position_bias=None):
         mask = key_padding_mask(self.config.vision_config, x, padding_mask)
@@ -116,7 +117,8 @@ class VlBeitModel(BackboneMixin, VlBeitPreTrainedModel):
 
     def encode_image(self, pixel_values, *, bool_masked_pos=None, interpolate_pos_encoding=False):
         x = self.embed_image(pixel_values, bool_masked_pos, interpolate_pos_encoding)
-        return self._encode(x, 0, None, self._position_bias(pixel_values, 0))  # [B, 1 + N, D]
+        bias = self._position_bias(pixel_values, 0, interpolate_pos_encoding)
+        return self._encode(x, 0, None, bias)  # [B, 1 + N, D]
 
     def encode_pair(self, pixel_values, input_ids, attention_mask=None, *, bool_masked_pos=None,
                     interpolate_pos_encoding=False):
@@ -132,7 +134,7 @@ class VlBeitModel(BackboneMixin, VlBeitPreTrainedModel):
                 raise ValueError(f"`attention_mask` must have shape {tuple(input_ids.shape)} like `input_ids`, "
                                  f"got {tuple(attention_mask.shape)}")
             padding = torch.cat([attention_mask.long(), attention_mask.new_ones(image.shape[:2]).long()], dim=1)
-        bias = self._position_bias(pixel_values, text.shape[1])
+        bias = self._position_bias(pixel_values, text.shape[1], interpolate_pos_encoding)
         return self._encode(torch.cat([text, image], dim=1), text.shape[1], padding, bias)  # [B, T + 1 + N, D]
 
     def fuse(self, pixel_values, input_ids, attention_mask=None, interpolate_pos_encoding=False):

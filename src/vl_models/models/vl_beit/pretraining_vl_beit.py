@@ -14,7 +14,7 @@ from torch import nn
 
 from ...layers.heads import MlmHead, TokenClassifierHead
 from ...layers.losses import masked_cross_entropy, select_masked
-from ...layers.masking import block_masking, mask_text
+from ...layers.masking import block_masking, mlm_inputs
 from ...layers.mim import TokenizerTargets, code_statistics
 from ...layers.momentum import freeze
 from ...layers.outputs import VlPreTrainingOutput
@@ -82,18 +82,6 @@ class VlBeitForPreTraining(VlBeitPreTrainedModel):
 
     # -- masks ------------------------------------------------------------------------------------------------
 
-    def _text_masks(self, input_ids, attention_mask, mlm_input_ids, mlm_labels, probability, generator, prefix=""):
-        if (mlm_input_ids is None) != (mlm_labels is None):
-            raise ValueError(f"pass both `{prefix}mlm_input_ids` and `{prefix}mlm_labels` (from a collator) or neither")
-        if mlm_input_ids is not None:
-            check_same_batch(**{f"{prefix}input_ids": input_ids, f"{prefix}mlm_input_ids": mlm_input_ids,
-                                f"{prefix}mlm_labels": mlm_labels})
-            return mlm_input_ids, mlm_labels
-        text = self.config.text_config
-        return mask_text(input_ids, mask_token_id=text.mask_token_id, vocab_size=text.vocab_size,
-                         special_token_ids=text.special_token_ids, attention_mask=attention_mask,
-                         probability=probability, generator=generator)
-
     def _image_mask(self, pixel_values, bool_masked_pos, generator, name="bool_masked_pos"):
         patch = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
@@ -128,8 +116,9 @@ class VlBeitForPreTraining(VlBeitPreTrainedModel):
         interp = {"interpolate_pos_encoding": interpolate_pos_encoding}
         losses, fields, codes = {}, {}, []
         if pair is not None:
-            pair["ids"], pair["labels"] = self._text_masks(pair["input_ids"], pair["mask"], pair["mlm_ids"],
-                                                           pair["mlm_labels"], cfg.mvlm_probability, generator)
+            pair["ids"], pair["labels"] = mlm_inputs(pair["input_ids"], pair["mask"], pair["mlm_ids"], pair["mlm_labels"],
+                                                     text_config=cfg.text_config, probability=cfg.mvlm_probability,
+                                                     generator=generator)
             pair["bmp"] = self._image_mask(pair["pixels"], pair["bmp"], generator) if cfg.mvlm_mask_image else None
             pair["targets"] = self.mim_targets(pair["pixels"])
             codes.append(pair["targets"])
@@ -139,8 +128,9 @@ class VlBeitForPreTraining(VlBeitPreTrainedModel):
                 image = image or {"pixels": pair["pixels"], "bmp": pair["bmp"], "targets": pair["targets"],
                                   "name": "image_bool_masked_pos"}
         if text is not None:
-            ids, labels = self._text_masks(text["input_ids"], text["mask"], text["mlm_ids"], text["mlm_labels"],
-                                           cfg.mlm_probability, generator, text["prefix"])
+            ids, labels = mlm_inputs(text["input_ids"], text["mask"], text["mlm_ids"], text["mlm_labels"],
+                                     text_config=cfg.text_config, probability=cfg.mlm_probability,
+                                     generator=generator, prefix=text["prefix"])
             losses["loss_mlm"], logits = self._mlm(model.encode_text(ids, text["mask"]), labels)
             if pair is None:
                 fields["mlm_logits"] = logits
