@@ -5,6 +5,7 @@ image-only / paired / mixed batches, the MIM and MVLM losses against per-positio
 from __future__ import annotations
 
 import datasets
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -352,9 +353,18 @@ def test_collator_sorts_a_mixed_batch_by_kind_and_the_model_trains_on_it():
 
 
 @pytest.mark.slow
-def test_pretrain_script_trains_the_tokenizer_then_vl_beit_on_mixed_data(tmp_path):
+def test_pretrain_script_trains_and_pushes_the_tokenizer_then_vl_beit_on_mixed_data(tmp_path, monkeypatch):
+    """The tokenizer run ends with --push_to_hub (a Hub-compatible server on 127.0.0.1); VL-BEiT then takes the
+    tokenizer by its Hub id, and `AutoModel` loads it from there (with vl_models imported, or as remote code)."""
     import importlib.util
+    import json
     from pathlib import Path
+
+    from huggingface_hub import constants
+    from transformers.utils import hub as transformers_hub
+
+    from hub_server import HubServer
+    from vl_models.hub import auto_map, validate_card
 
     path = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
     spec = importlib.util.spec_from_file_location("vl_examples_pretrain_vl_beit", path)
@@ -362,12 +372,38 @@ def test_pretrain_script_trains_the_tokenizer_then_vl_beit_on_mixed_data(tmp_pat
     spec.loader.exec_module(pretrain)
     common = ["--size", "tiny", "--num_train_images", "24", "--num_val_images", "8", "--per_device_train_batch_size",
               "8", "--max_train_steps", "2", "--eval_steps", "0", "--logging_steps", "1"]
-    pretrain.main(["--method", "vl_beit_tokenizer", *common, "--output_dir", str(tmp_path / "tok")])
-    text_file = tmp_path / "texts.txt"
-    text_file.write_text("a red circle\n\ntwo blue squares above a triangle\n")
-    pretrain.main(["--method", "vl_beit", *common, "--text_data", str(text_file), "--image_data", "shapes",
-                   "--visual_tokenizer", str(tmp_path / "tok"), "--output_dir", str(tmp_path / "vl_beit")])
+    server = HubServer(tmp_path / "hub").start()
+    try:
+        monkeypatch.setenv("HF_TOKEN", "test-token")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)
+        pretrain.main(["--method", "vl_beit_tokenizer", *common, "--output_dir", str(tmp_path / "tok"),
+                       "--push_to_hub", "--hub_model_id", "org/tiny-tok"])
+        text_file = tmp_path / "texts.txt"
+        text_file.write_text("a red circle\n\ntwo blue squares above a triangle\n")
+        pretrain.main(["--method", "vl_beit", *common, "--text_data", str(text_file), "--image_data", "shapes",
+                       "--visual_tokenizer", "org/tiny-tok", "--output_dir", str(tmp_path / "vl_beit")])
+        from_hub = AutoModel.from_pretrained("org/tiny-tok")
+        remote = AutoModel.from_pretrained("org/tiny-tok", trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained("org/tiny-tok")
+        _, tree = server.store.head("models", "org/tiny-tok", "main")
+    finally:
+        server.stop()
+    assert type(from_hub) is VlBeitVisualTokenizer and type(remote) is VlBeitVisualTokenizer
+    config = json.loads((tree / "config.json").read_text())
+    assert config["auto_map"] == auto_map("vl_beit", "vl_beit_tokenizer") == {
+        "AutoConfig": "configuration_vl_beit.VlBeitTokenizerConfig",
+        "AutoModel": "tokenizer_vl_beit.VlBeitVisualTokenizer"}
+    card = validate_card((tree / "README.md").read_text())
+    assert card.data.pipeline_tag == "image-feature-extraction" and "--visual_tokenizer org/tiny-tok" in card.text
+    assert (tree / "tokenizer_vl_beit.py").is_file() and (tree / "processor_config.json").is_file()
     tokenizer = VlBeitVisualTokenizer.from_pretrained(tmp_path / "tok").eval()
     model = AutoModelForPreTraining.from_pretrained(tmp_path / "vl_beit")
-    pixels = torch.randn(2, 3, 32, 32)
-    assert torch.equal(model.mim_targets(pixels), tokenizer.get_codebook_indices(pixels))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    pixels = processor(images=image)["pixel_values"]
+    codes = tokenizer.get_codebook_indices(pixels)
+    assert codes.shape == (1, N) and torch.equal(model.mim_targets(pixels), codes)
+    assert torch.equal(from_hub.eval().get_codebook_indices(pixels), codes)

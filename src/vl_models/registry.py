@@ -27,6 +27,9 @@ class Method:
     presets: dict[str, dict] = field(default_factory=dict)  # size -> overrides of the shared tower preset
     objectives: tuple[str, ...] = ()  # the `loss_<name>` fields its pre-training output always carries
     paper: str = ""
+    # models trained on their own for the method (VL-BEiT's visual tokenizer): own model_type, loaded with
+    # AutoModel, pushed to the Hub with the method's processor and remote code
+    companions: tuple[type, ...] = ()
 
 
 _METHODS: dict[str, Method] = {}
@@ -43,6 +46,10 @@ def register_method(method: Method) -> Method:
     if "vqa" in method.task_classes:
         AutoModelForVisualQuestionAnswering.register(method.config_class, method.task_classes["vqa"], exist_ok=True)
     register_processing_classes(method.config_class, method.processor_class)
+    for companion in method.companions:
+        AutoConfig.register(companion.config_class.model_type, companion.config_class, exist_ok=True)
+        AutoModel.register(companion.config_class, companion, exist_ok=True)
+        register_processing_classes(companion.config_class, method.processor_class)
     return method
 
 

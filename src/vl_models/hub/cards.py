@@ -26,6 +26,7 @@ PIPELINE_TAGS = {
     "vqa": "visual-question-answering",
     "grounding": "zero-shot-object-detection",
     "nlvr2": "visual-question-answering",
+    "companion": "image-feature-extraction",  # VL-BEiT's visual tokenizer: image -> discrete codes
 }
 TASK_NAMES = {
     "pretraining": "Vision-language pre-training",
@@ -34,6 +35,7 @@ TASK_NAMES = {
     "vqa": "Visual question answering",
     "grounding": "Visual grounding",
     "nlvr2": "Visual reasoning (NLVR2)",
+    "companion": "Visual tokenizer",
 }
 # Hub tasks a vision-language checkpoint may sensibly declare (validate_card accepts these)
 KNOWN_PIPELINE_TAGS = frozenset(PIPELINE_TAGS.values()) | {
@@ -45,9 +47,12 @@ _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 def task_of(model) -> str:
-    """"pretraining", "base" or a head's task name ("retrieval", "vqa", ...) from a model or its class."""
+    """"pretraining", "base", a head's task name ("retrieval", "vqa", ...) or "companion" (a model the method
+    trains on its own: VL-BEiT's visual tokenizer) from a model or its class."""
     cls = model if isinstance(model, type) else type(model)
     spec = method_of(model)
+    if any(issubclass(cls, companion) for companion in spec.companions):
+        return "companion"
     if issubclass(cls, spec.pretraining_class):
         return "pretraining"
     for task, task_class in spec.task_classes.items():
@@ -150,7 +155,28 @@ def _results_table(results: list[EvalResult]) -> str:
 # -- the card -----------------------------------------------------------------------------------------------
 
 
+def _companion_usage(spec, repo_id: str, remote_code: bool) -> str:
+    return f"""```python
+import vl_models  # registers {spec.name} and its visual tokenizer with the transformers Auto classes
+from transformers import AutoModel, AutoProcessor
+from PIL import Image
+
+processor = AutoProcessor.from_pretrained("{repo_id}")
+tokenizer = AutoModel.from_pretrained("{repo_id}")
+pixel_values = processor(images=Image.open("cats.jpg"))["pixel_values"]
+codes = tokenizer.get_codebook_indices(pixel_values)  # [1, num_patches] visual tokens
+```
+
+The masked-image-modeling targets of {spec.name} pre-training:
+
+```bash
+accelerate launch examples/pretrain.py --method {spec.name} --visual_tokenizer {repo_id}
+```""" + (_REMOTE_CODE.format(repo_id=repo_id) if remote_code else "")
+
+
 def _usage(spec, task: str, repo_id: str, remote_code: bool) -> str:
+    if task == "companion":
+        return _companion_usage(spec, repo_id, remote_code)
     if task in ("pretraining", "base"):
         head, note = "AutoModel", "  # encoders + fusion; AutoModelForPreTraining adds the pre-training heads"
     elif task == "vqa":
@@ -196,6 +222,12 @@ print(info["missing_keys"], info["unexpected_keys"])
 
 
 def _describe_config(config) -> str:
+    if not hasattr(config, "text_config"):  # a visual tokenizer
+        vision = config.vision_config
+        return (f"- image encoder: ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
+                f"{vision.image_size}px images in {vision.patch_size}px patches\n"
+                f"- codebook: {config.num_codes} codes of dimension {config.code_dim}; a "
+                f"{config.decoder_layers}-layer decoder reconstructing {config.reconstruction_target}")
     vision, text = config.vision_config, config.text_config
     return (f"- image encoder: ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
             f"{vision.image_size}px images in {vision.patch_size}px patches\n"

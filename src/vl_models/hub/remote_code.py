@@ -21,16 +21,32 @@ PROCESSOR_FILE = "processor_config.json"
 _SHIM_HEADER = '"""Remote code of a vl_models checkpoint'
 
 
+def companion_of(model_type: str) -> type | None:
+    """The companion model class (VL-BEiT's visual tokenizer) whose config has this `model_type`, if any."""
+    for name in list_methods():
+        for companion in get_method(name).companions:
+            if companion.config_class.model_type == model_type:
+                return companion
+    return None
+
+
+def _method_of_type(model_type: str) -> Method:
+    for name in list_methods():
+        if any(c.config_class.model_type == model_type for c in get_method(name).companions):
+            return get_method(name)
+    return get_method(model_type)  # raises, naming the methods
+
+
 def method_of(obj) -> Method:
-    """The method record of a model, config, processor, class or method name (its `model_type`)."""
+    """The method record of a model, config, processor, class or `model_type` (a method's or a companion's)."""
     if isinstance(obj, Method):
         return obj
     if isinstance(obj, str):
-        return get_method(obj)
+        return _method_of_type(obj)
     config = getattr(obj, "config", obj)
     model_type = getattr(config, "model_type", None)
     if isinstance(model_type, str):
-        return get_method(model_type)
+        return _method_of_type(model_type)
     for name in list_methods():  # processors carry no config: find the method whose class this is
         spec = get_method(name)
         if isinstance(obj, type) and obj in _classes(spec) or type(obj) in _classes(spec):
@@ -40,7 +56,7 @@ def method_of(obj) -> Method:
 
 def _classes(spec: Method) -> list[type]:
     return [spec.config_class, spec.model_class, spec.pretraining_class, spec.processor_class,
-            *spec.task_classes.values()]
+            *spec.task_classes.values(), *spec.companions, *(c.config_class for c in spec.companions)]
 
 
 def _reference(cls: type) -> str:
@@ -48,8 +64,12 @@ def _reference(cls: type) -> str:
     return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
 
 
-def auto_map(method) -> dict[str, str]:
-    """`config.json`'s auto_map for a method: every Auto class `import vl_models` registers it with."""
+def auto_map(method, model_type: str | None = None) -> dict[str, str]:
+    """`config.json`'s auto_map for a method: every Auto class `import vl_models` registers it with; for a
+    companion's `model_type`, its config and AutoModel."""
+    companion = companion_of(model_type) if model_type else None
+    if companion is not None:
+        return {"AutoConfig": _reference(companion.config_class), "AutoModel": _reference(companion)}
     spec = method_of(method)
     mapping = {
         "AutoConfig": _reference(spec.config_class),
@@ -131,17 +151,19 @@ def add_remote_code(folder: str | Path, method=None) -> list[Path]:
     Returns the files written or changed."""
     folder = Path(folder)
     config_path, processor_path = folder / CONFIG_FILE, folder / PROCESSOR_FILE
+    model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "") \
+        if config_path.is_file() else None
     if method is None:
-        if not config_path.is_file():
+        if model_type is None:
             raise ValueError(f"`folder` must hold a saved model ({CONFIG_FILE}), got {folder} without one")
-        method = json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "")
+        method = model_type
     spec = method_of(method)
     written = []
     for name, source in shim_files(spec).items():
         (folder / name).write_text(source, encoding="utf-8")
         written.append(folder / name)
     if config_path.is_file():
-        _set_auto_map(config_path, auto_map(spec))
+        _set_auto_map(config_path, auto_map(spec, model_type))
         written.append(config_path)
     if processor_path.is_file():
         _set_auto_map(processor_path, processor_auto_map(spec))
@@ -161,5 +183,5 @@ def strip_remote_code(folder: str | Path) -> None:
             path.unlink()
 
 
-__all__ = ["add_remote_code", "auto_map", "method_of", "processor_auto_map", "require_version", "shim_files",
-           "strip_remote_code"]
+__all__ = ["add_remote_code", "auto_map", "companion_of", "method_of", "processor_auto_map", "require_version",
+           "shim_files", "strip_remote_code"]

@@ -1,5 +1,3 @@
-from transformers import AutoConfig, AutoModel
-
 from ...registry import Method
 from .configuration_vl_beit import VlBeitConfig, VlBeitTokenizerConfig
 from .downstream_vl_beit import (
@@ -38,12 +36,9 @@ METHOD = Method(
     presets=_PRESETS,
     objectives=("mlm", "mim", "mvlm"),
     paper="VL-BEiT: Generative Vision-Language Pretraining (Bao, Wang et al., 2022), arXiv 2206.01127",
+    # trained on its own (examples/pretrain.py --method vl_beit_tokenizer) before VL-BEiT; loads with AutoModel
+    companions=(VlBeitVisualTokenizer,),
 )
-
-# the visual tokenizer is trained on its own (examples/pretrain.py --method vl_beit_tokenizer) and loads with
-# AutoModel; it is not a VLP method, so it stays out of the method registry
-AutoConfig.register(VlBeitTokenizerConfig.model_type, VlBeitTokenizerConfig, exist_ok=True)
-AutoModel.register(VlBeitTokenizerConfig, VlBeitVisualTokenizer, exist_ok=True)
 
 
 def tokenizer_config(size: str = "base", **overrides) -> VlBeitTokenizerConfig:
