@@ -2,9 +2,9 @@
 `torch._dynamo.explain` (tracing only, nothing is compiled or timed, so the counts do not depend on the machine).
 
 Every break is a place where compiled code hands back to Python; a break from reading a tensor back to the host
-(`int(t.max())`, `.item()`) is also a GPU synchronisation in eager mode. Two settings per method: `default`
-(torch.compile as `--torch_compile` runs it, with the training scripts' per-step generator) and `global RNG`
-(no explicit generator: dynamo cannot trace a `torch.Generator` argument, so every random draw given one breaks).
+(`int(t.max())`, `.item()`) is also a GPU synchronisation in eager mode. Two settings per method: `generator`
+(the per-step `torch.Generator` the training scripts pass in eager mode: dynamo cannot trace one, so every
+random draw given it breaks) and `global RNG` (what `--torch_compile` runs: the global RNG seeded per step).
 
     python bench/bench_graph_breaks.py
     python bench/bench_graph_breaks.py --methods albef --reasons
@@ -20,7 +20,7 @@ import torch
 import vl_models
 from common import machine, pretraining_batch, print_table, write_json
 
-SETTINGS = {"default": True, "global RNG": False}  # name -> pass the per-step generator
+SETTINGS = {"generator": True, "global RNG": False}  # name -> pass the per-step generator
 
 
 def explain(model, batch, *, generator: bool):

@@ -141,7 +141,8 @@ def main(argv=None) -> dict:
 
     def forward(batch, step, micro_step):
         if takes_generator:
-            batch["generator"] = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+            batch["generator"] = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device,
+                                                 global_rng=args.torch_compile)
         return model(**batch), {}
 
     step, metrics = train_updates(accelerator, args, model=model, train_dl=train_dl, collator=collator,

@@ -238,7 +238,8 @@ def main(argv=None) -> dict:
                 args.gradient_accumulation_steps)
     def forward(batch, step, micro_step):
         extra = {"alpha": ramp(config.alpha, step, alpha_steps)} if ramp_alpha else {}
-        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device,
+                                   global_rng=args.torch_compile)
         return model(**batch, generator=generator, **extra), extra
 
     step, metrics = train_updates(accelerator, args, model=model, train_dl=train_dl, collator=collator,

@@ -91,3 +91,27 @@ def test_pretraining_compiled_matches_eager(method):
     for (name, a), b in zip(eager.named_parameters(), compiled_model.parameters()):
         if a.grad is not None:
             torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+@pytest.mark.slow
+def test_global_rng_removes_the_generator_graph_breaks_and_stays_reproducible():
+    """What `--torch_compile` runs (`step_generator(..., global_rng=True)`): no explicit generator, so none of the
+    breaks dynamo makes at each draw from one, and the step is still a function of the seed."""
+    from vl_models.training import step_generator
+
+    torch.manual_seed(0)
+    model = vl_models.AlbefForPreTraining(vl_models.get_config("albef", "tiny")).train()
+    batch = make_batch(model.config)
+    torch._dynamo.reset()
+    with_generator = torch._dynamo.explain(model)(**batch, generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    without = torch._dynamo.explain(model)(**batch)
+    assert without.graph_break_count < with_generator.graph_break_count
+    assert not any("Generator" in str(b.reason) for b in without.break_reasons)
+    torch._dynamo.reset()
+    losses = []
+    for run in (copy.deepcopy(model), torch.compile(copy.deepcopy(model), backend="eager")):  # the step moves queues
+        step_generator(0, 3, 0, "cpu", global_rng=True)
+        losses.append({k: v for k, v in run(**batch).items() if k.startswith("loss")})
+    for name in losses[0]:
+        torch.testing.assert_close(losses[1][name], losses[0][name], msg=name)

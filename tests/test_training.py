@@ -102,6 +102,12 @@ def test_epoch_sampler_and_step_generator():
     draw = [torch.rand(3, generator=step_generator(0, 7, 1, "cpu")) for _ in range(2)]
     assert torch.equal(*draw)
     assert not torch.equal(draw[0], torch.rand(3, generator=step_generator(0, 7, 0, "cpu")))
+    # --torch_compile: the same seed goes to the global RNG (dynamo cannot trace an explicit generator)
+    seeded = []
+    for _ in range(2):
+        assert step_generator(0, 7, 1, "cpu", global_rng=True) is None
+        seeded.append(torch.rand(3))
+    assert torch.equal(seeded[0], draw[0]) and torch.equal(seeded[1], draw[0])
 
 
 def test_parse_overrides():

@@ -141,12 +141,20 @@ def schedule(args, batches_per_epoch: int) -> tuple[int, int]:
     return per_epoch, args.max_train_steps
 
 
-def step_generator(seed: int, micro_step: int, rank: int, device) -> torch.Generator:
+def step_generator(seed: int, micro_step: int, rank: int, device, *, global_rng: bool = False
+                   ) -> torch.Generator | None:
     """The generator a model draws its negatives (and masks a collator did not make) from: one per micro-batch
-    and process, so a resumed run draws what the uninterrupted one did."""
+    and process, so a resumed run draws what the uninterrupted one did. With `global_rng` (torch.compile:
+    dynamo cannot trace an explicit generator and splits the graph at each draw, 11-16 times per pre-training
+    step) the global RNGs are seeded with the same seed instead and None is returned: the step's draws, dropout's
+    included, are then as much a function of (seed, micro-step, rank)."""
+    step_seed = sample_seed("step", seed, micro_step, rank)
+    if global_rng:
+        torch.manual_seed(step_seed)  # every device's default generator
+        return None
     device = torch.device(device)
     generator = torch.Generator(device=device) if device.type != "mps" else torch.Generator()
-    return generator.manual_seed(sample_seed("step", seed, micro_step, rank))
+    return generator.manual_seed(step_seed)
 
 
 def _codebooks(model) -> list[VectorQuantizer]:
