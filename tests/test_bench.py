@@ -84,3 +84,11 @@ def test_flops_bench_orders_methods(tmp_path):
     flops = {r["method"]: r["gflop_per_step"] for r in rows}
     assert flops["vlmae"] < flops["albef"] < flops["vilta"]  # a quarter of the patches; ViLTA's extra passes
     assert {r["method"]: r["vs_albef"] for r in rows}["albef"] == 1.0
+
+
+def test_graph_breaks_bench_counts_fewer_breaks_without_a_generator(tmp_path):
+    rows = run_bench("bench_graph_breaks.py", tmp_path / "breaks.json", "--methods", "albef", "vl_beit", "--size",
+                     "tiny")["rows"]
+    assert [r["method"] for r in rows] == ["albef", "vl_beit"]
+    for row in rows:  # the global RNG `--torch_compile` uses removes the generator's breaks
+        assert 0 < row["global RNG"] < row["generator"]
