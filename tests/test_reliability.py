@@ -395,6 +395,8 @@ def test_fp16_non_finite_loss_still_skips(fresh_accelerate_state):
     assert skipped == [False, True, False, True, False] and scheduler.last_epoch == 3
 
 
+# accelerate's scaler step patches optimizer.step, which torch's LR scheduler notices (as on a GPU)
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_fp16_gradient_scaler_skip_holds_the_schedule_and_reverts_the_codebook(fresh_accelerate_state):
     """fp16 on a GPU: inf/NaN gradients under a finite loss make the gradient scaler skip the step and lower its
     scale. The update then counts as skipped like any other: no schedule step, the codebook statistics reverted,
