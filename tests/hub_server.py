@@ -299,6 +299,19 @@ class HubServer(ThreadingHTTPServer):
         self._thread.start()
         return self
 
+    def use_in_process(self, monkeypatch) -> None:
+        """Point this process's huggingface_hub and transformers at the server (`monkeypatch` undoes it). They
+        read the endpoint once, at import: patch the constants they read, and drop transformers' cached HfApi
+        (bound to the endpoint it was created with)."""
+        from huggingface_hub import constants
+        from transformers.utils import hub as transformers_hub
+
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest's HF_HUB_OFFLINE=1 is for loading
+        monkeypatch.setattr(constants, "ENDPOINT", self.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            self.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(transformers_hub, "_hf_api", None)
+
     def stop(self):
         if self._thread is not None:
             self.shutdown()

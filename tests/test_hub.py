@@ -19,7 +19,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-import transformers.utils.hub as transformers_hub
 from huggingface_hub import HfApi, ModelCard, constants, snapshot_download
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors.torch import load_file
@@ -235,12 +234,7 @@ def pushed(hub, tmp_path_factory):
         mp.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest's HF_HUB_OFFLINE=1 is for loading, not us
         push_to_hub(model, processor, REPO, local_dir=shared / "pushed", results=RESULTS,
                     datasets=["org/captions"], endpoint=hub.url, token=TOKEN)
-        # transformers' own push_to_hub has no endpoint argument: point the constants it reads at the server,
-        # and drop its cached HfApi (bound to the endpoint it was created with)
-        mp.setattr(constants, "ENDPOINT", hub.url)
-        mp.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                   hub.url + "/{repo_id}/resolve/{revision}/{filename}")
-        mp.setattr(transformers_hub, "_hf_api", None)
+        hub.use_in_process(mp)  # transformers' own push_to_hub has no endpoint argument
         model.push_to_hub(PLAIN, token=TOKEN)
         processor.push_to_hub(PLAIN, token=TOKEN)
 

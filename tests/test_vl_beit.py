@@ -360,9 +360,6 @@ def test_pretrain_script_trains_and_pushes_the_tokenizer_then_vl_beit_on_mixed_d
     import json
     from pathlib import Path
 
-    from huggingface_hub import constants
-    from transformers.utils import hub as transformers_hub
-
     from hub_server import HubServer
     from vl_models.hub import auto_map, validate_card
 
@@ -375,11 +372,7 @@ def test_pretrain_script_trains_and_pushes_the_tokenizer_then_vl_beit_on_mixed_d
     server = HubServer(tmp_path / "hub").start()
     try:
         monkeypatch.setenv("HF_TOKEN", "test-token")
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "ENDPOINT", server.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            server.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(transformers_hub, "_hf_api", None)
+        server.use_in_process(monkeypatch)  # pretrain.main runs in this process
         pretrain.main(["--method", "vl_beit_tokenizer", *common, "--output_dir", str(tmp_path / "tok"),
                        "--push_to_hub", "--hub_model_id", "org/tiny-tok"])
         text_file = tmp_path / "texts.txt"

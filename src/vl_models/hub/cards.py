@@ -222,17 +222,15 @@ print(info["missing_keys"], info["unexpected_keys"])
 
 
 def _describe_config(config) -> str:
+    vision = config.vision_config
+    image = (f"- image encoder: ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
+             f"{vision.image_size}px images in {vision.patch_size}px patches\n")
     if not hasattr(config, "text_config"):  # a visual tokenizer
-        vision = config.vision_config
-        return (f"- image encoder: ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
-                f"{vision.image_size}px images in {vision.patch_size}px patches\n"
-                f"- codebook: {config.num_codes} codes of dimension {config.code_dim}; a "
-                f"{config.decoder_layers}-layer decoder reconstructing {config.reconstruction_target}")
-    vision, text = config.vision_config, config.text_config
-    return (f"- image encoder: ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size}, "
-            f"{vision.image_size}px images in {vision.patch_size}px patches\n"
-            f"- text encoder: BERT-style, {text.num_hidden_layers} text + {text.num_fusion_layers} fusion "
-            f"layers, width {text.hidden_size}, vocabulary {text.vocab_size}")
+        return image + (f"- codebook: {config.num_codes} codes of dimension {config.code_dim}; a "
+                        f"{config.decoder_layers}-layer decoder reconstructing {config.reconstruction_target}")
+    text = config.text_config
+    return image + (f"- text encoder: BERT-style, {text.num_hidden_layers} text + {text.num_fusion_layers} fusion "
+                    f"layers, width {text.hidden_size}, vocabulary {text.vocab_size}")
 
 
 def build_model_card(model, repo_id: str, *, results=None, datasets=None, license: str = "apache-2.0",

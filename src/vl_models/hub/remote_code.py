@@ -21,20 +21,24 @@ PROCESSOR_FILE = "processor_config.json"
 _SHIM_HEADER = '"""Remote code of a vl_models checkpoint'
 
 
-def companion_of(model_type: str) -> type | None:
-    """The companion model class (VL-BEiT's visual tokenizer) whose config has this `model_type`, if any."""
+def _companion_entry(model_type: str) -> tuple[Method, type] | None:
+    """(method, companion class) for a companion's `model_type` (VL-BEiT's visual tokenizer), if it is one."""
     for name in list_methods():
         for companion in get_method(name).companions:
             if companion.config_class.model_type == model_type:
-                return companion
+                return get_method(name), companion
     return None
 
 
+def companion_of(model_type: str) -> type | None:
+    """The companion model class whose config has this `model_type`, if any."""
+    entry = _companion_entry(model_type)
+    return entry[1] if entry else None
+
+
 def _method_of_type(model_type: str) -> Method:
-    for name in list_methods():
-        if any(c.config_class.model_type == model_type for c in get_method(name).companions):
-            return get_method(name)
-    return get_method(model_type)  # raises, naming the methods
+    entry = _companion_entry(model_type)
+    return entry[0] if entry else get_method(model_type)  # get_method raises, naming the methods
 
 
 def method_of(obj) -> Method:

@@ -184,8 +184,6 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: floa
     else:
         skipped = norm_counts and not math.isfinite(norm)
     if skipped:
-        for codebook in _codebooks(model):
-            codebook.revert_updates()
         if getattr(accelerator, "scaler", None) is not None:
             # fp16: clipping unscaled the gradients; close the scaler's step as optimizer.step() would have
             accelerator.scaler.update()
@@ -193,17 +191,18 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: floa
                        describe_event(guard.event) if guard is not None else f"grad_norm={norm:.4g}")
     else:
         optimizer.step()
-        if accelerator.optimizer_step_was_skipped:
-            # fp16: the gradient scaler found inf/NaN gradients and lowered its scale (routine while the scale
-            # settles); as for any skipped update, the schedule waits and the codebook statistics are reverted
-            skipped = True
-            for codebook in _codebooks(model):
-                codebook.revert_updates()
+        # fp16: the gradient scaler found inf/NaN gradients and lowered its scale (routine while the scale
+        # settles); as for any skipped update, the schedule waits and the codebook statistics are reverted
+        skipped = accelerator.optimizer_step_was_skipped
+        if skipped:
             logger.info("fp16: the gradient scaler skipped the update, loss scale now %g", loss_scale(accelerator))
-        else:
-            scheduler.step()
-            for codebook in _codebooks(model):
-                codebook.commit_updates()
+    if skipped:
+        for codebook in _codebooks(model):
+            codebook.revert_updates()
+    else:
+        scheduler.step()
+        for codebook in _codebooks(model):
+            codebook.commit_updates()
     optimizer.zero_grad(set_to_none=True)
     if guard is not None:
         guard.check()
