@@ -28,7 +28,12 @@ def reference_ema_step(codebook, cluster_size, embed_sum, z, decay, eps, cosine)
     """One VQ-VAE EMA step written out with a one-hot matrix (fine at test sizes)."""
     if cosine:
         z = F.normalize(z, dim=-1)
-    idx = torch.cdist(z, codebook).argmin(-1)
+    # exact float64 distances, not cdist's float32 matmul path (its rounding depends on the CPU's kernels); the
+    # winner must be clear, so the quantizer's float32 choice has to agree with it on any CPU
+    d = (z.double()[:, None] - codebook.double()[None]).pow(2).sum(-1)  # [N, K]
+    two = d.topk(2, dim=-1, largest=False).values
+    assert (two[:, 1] - two[:, 0] > 1e-4 * (1 + two[:, 1])).all(), "test data with a near tie"
+    idx = d.argmin(-1)
     onehot = F.one_hot(idx, codebook.shape[0]).float()  # [N, K]
     size = decay * cluster_size + (1 - decay) * onehot.sum(0)
     embed_sum = decay * embed_sum + (1 - decay) * onehot.T @ z

@@ -278,6 +278,11 @@ def test_itc_of_the_model_over_two_ranks_equals_one_rank(tmp_path):
     reference = itc_worker.itc_step(model, itc_worker.global_batch(model.config))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0]["loss_itc"] != pytest.approx(ranks[1]["loss_itc"])  # the halves really differ
-    assert (ranks[0]["loss_itc"] + ranks[1]["loss_itc"]) / 2 == pytest.approx(reference["loss_itc"], rel=1e-6)
+    # the halves run through GEMMs of other shapes than the whole batch, whose blocking (and so float32 rounding)
+    # depends on the CPU's kernels: relative 1e-5, and an absolute slack of ~8 ulps at each gradient's own scale
+    # for the entries near zero, where the rounding of the larger terms summed into them dominates
+    assert (ranks[0]["loss_itc"] + ranks[1]["loss_itc"]) / 2 == pytest.approx(reference["loss_itc"], rel=1e-5)
     for name in itc_worker.GRAD_NAMES:
-        torch.testing.assert_close((ranks[0][name] + ranks[1][name]) / 2, reference[name], rtol=1e-5, atol=1e-7)
+        scale = reference[name].abs().max().item()
+        torch.testing.assert_close((ranks[0][name] + ranks[1][name]) / 2, reference[name], rtol=1e-5,
+                                   atol=1e-6 * scale)
