@@ -6,6 +6,7 @@ Importing the package registers every method with transformers' Auto classes, so
 
 from . import hub, models  # noqa: F401  (models registers the methods)
 from .configuration_utils import AlignFuseConfig, TextTowerConfig, VisionTowerConfig
+from .layers.accumulation import accumulating
 from .models.albef import (
     AlbefConfig,
     AlbefForImagesAndTextClassification,
@@ -124,6 +125,7 @@ __all__ = [
     "VqMimForVisualGrounding",
     "VqMimModel",
     "VqMimProcessor",
+    "accumulating",
     "build",
     "build_processor",
     "default_tokenizer",

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..utils import check_pretraining_pairs
+from .accumulation import PerUpdateState
 from .backbone import BackboneMixin
 from .heads import MlmHead
 from .losses import (
@@ -111,7 +112,7 @@ class AlignFuseModelMixin(BackboneMixin, FromTowersMixin):
         return self.fusion(text_embeds, attention_mask, image_embeds)  # [B, T, Dt]; [:, 0] is the pair's [CLS]
 
 
-class AlignFusePreTrainingMixin(FromTowersMixin):
+class AlignFusePreTrainingMixin(PerUpdateState, FromTowersMixin):
     """ALBEF's three objectives on top of an align-fuse `XModel` (`_backbone_class`)."""
 
     _backbone_class: type
@@ -174,7 +175,7 @@ class AlignFusePreTrainingMixin(FromTowersMixin):
         image_feat, text_feat = model.image_feat(image_embeds), model.text_feat(text_embeds)
 
         with torch.no_grad():
-            if self.training:
+            if self.training and self.opens_update():  # once per optimizer update, see layers/accumulation.py
                 momentum_update(self.momentum_pairs(), cfg.momentum)
             image_embeds_m = teacher.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
             image_feat_m = gather_no_grad(teacher.image_feat(image_embeds_m))  # [B_global, E]

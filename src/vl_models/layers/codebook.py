@@ -16,6 +16,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from vl_models.kernels import nearest_code
+from vl_models.layers.accumulation import PerUpdateState
 from vl_models.utils import check_range, describe
 
 
@@ -95,7 +96,7 @@ def kmeans(
     return centres, counts
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(PerUpdateState, nn.Module):
     """Nearest-code quantizer with EMA (``decay``) or gradient (``decay=None``) codebook updates.
 
     Args:
@@ -107,8 +108,9 @@ class VectorQuantizer(nn.Module):
         cosine: L2-normalise inputs and codes (BEiT-v2); outputs are unit vectors.
         kmeans_init: on the first training forward, set the codes by k-means on that batch.
         kmeans_iters: k-means iterations.
-        dead_code_after: replace a code unused for this many consecutive training steps by a random
-            vector of the current batch (None: never). Costs one host sync per training step.
+        dead_code_after: replace a code unused for this many consecutive training steps (optimizer updates
+            under `accumulating`) by a random vector of the current batch (None: never). Costs one host sync
+            per training step.
         eps: Laplace smoothing of the EMA cluster sizes.
 
     Buffers: ``codebook`` [K, D] (a Parameter when ``decay`` is None), ``cluster_size`` [K] and
@@ -117,6 +119,10 @@ class VectorQuantizer(nn.Module):
     A training forward changes this state at once. A trainer that drops an update (non-finite loss) calls
     ``revert_updates()``, which puts back the state of the last ``commit_updates()`` (or of before the first
     training forward), so the dropped step leaves nothing in the codebook.
+
+    Inside `vl_models.accumulating` (gradient accumulation) the forwards of one optimizer update only add up
+    their code counts and sums; the update's end applies them as one EMA step (and one dead-code count, with
+    restarts drawn from its last micro-batch), so k micro-batches update the codebook as their whole batch would.
     """
 
     def __init__(
@@ -159,11 +165,13 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("steps_since_used", torch.empty(num_codes, dtype=torch.long))
         self.register_buffer("initted", torch.empty((), dtype=torch.bool))
         self._saved: dict[str, torch.Tensor] | None = None  # state at the last commit (not in state_dict)
+        self._pending: dict | None = None  # this update's statistics so far, under gradient accumulation
         self.reset_parameters()
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._saved = None  # a loaded state is committed: a revert must not bring back the one before it
+        self._pending = None
 
     @property
     def use_ema(self) -> bool:
@@ -181,6 +189,7 @@ class VectorQuantizer(nn.Module):
         init.zeros_(self.steps_since_used)
         (init.zeros_ if self.kmeans_init else init.ones_)(self.initted)
         self._saved = None
+        self._pending = None
 
     def extra_repr(self) -> str:
         return (
@@ -201,6 +210,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def revert_updates(self) -> bool:
         """Undo what the training forwards since the last commit did; returns whether there was anything."""
+        self._pending = None
         if self._saved is None:
             return False
         for name, tensor in self._state().items():
@@ -289,10 +299,34 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor, generator):
-        """One training step of codebook statistics; returns how many dead codes were restarted."""
-        counts = _all_reduce_(counts.float())  # [K], global batch
+        """This training forward's codebook statistics: applied now, or added to the update's pending ones under
+        gradient accumulation. Returns how many dead codes were restarted now."""
+        counts = counts.float()  # [K], this rank's batch
+        sums = None
         if self.use_ema:
-            self._ema_step(flat, indices, counts)
+            sums = torch.zeros(self.num_codes, self.dim, device=flat.device).index_add_(0, indices, flat)  # [K, D]
+        if self.deferring():
+            if self._pending is not None:
+                counts = counts + self._pending["counts"]
+                sums = sums + self._pending["sums"] if self.use_ema else None
+            # restarts draw from the update's last micro-batch (keeping every micro-batch's vectors costs memory)
+            self._pending = {"counts": counts, "sums": sums, "flat": flat, "generator": generator}
+            return torch.zeros((), dtype=torch.long, device=flat.device)
+        return self._apply_statistics(counts, sums, flat, generator)
+
+    def close_update(self) -> None:
+        super().close_update()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._apply_statistics(pending["counts"], pending["sums"], pending["flat"], pending["generator"])
+
+    @torch.no_grad()
+    def _apply_statistics(self, counts: torch.Tensor, sums: torch.Tensor | None, flat: torch.Tensor, generator):
+        """One update of codebook statistics from this rank's code counts [K] and sums [K, D] (EMA mode); returns
+        how many dead codes were restarted with vectors of `flat` [N, D]."""
+        counts = _all_reduce_(counts)  # [K], global batch
+        if self.use_ema:
+            self._ema_step(counts, _all_reduce_(sums))
         self.steps_since_used.copy_(torch.where(counts > 0, 0, self.steps_since_used + 1))
         if self.dead_code_after is None:
             return torch.zeros((), dtype=torch.long, device=flat.device)
@@ -308,9 +342,7 @@ class VectorQuantizer(nn.Module):
             self.steps_since_used.masked_fill_(dead, 0)
         return num_dead
 
-    def _ema_step(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
-        sums = torch.zeros(self.num_codes, self.dim, device=flat.device).index_add_(0, indices, flat)
-        _all_reduce_(sums)  # [K, D]
+    def _ema_step(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
         keep = self.decay
         size = self.cluster_size.float() * keep + counts * (1 - keep)
         embed_sum = self.embed_sum.float() * keep + sums * (1 - keep)

@@ -20,6 +20,7 @@ from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
 from ..data.collators import sample_seed
+from ..layers.accumulation import accumulating
 from ..layers.codebook import VectorQuantizer
 from .checkpoint import save_checkpoint, write_atomic
 from .guard import NonFiniteGuard, describe_event
@@ -228,9 +229,12 @@ def train_updates(accelerator, args, *, model, train_dl, collator, optimizer, sc
         skip = (step - epoch * per_epoch) * args.gradient_accumulation_steps if epoch == start_epoch else 0
         for batch in accelerator.skip_first_batches(train_dl, skip) if skip else train_dl:
             with accelerator.accumulate(model):
-                out, extra = forward(batch, step, micro_step)
-                guard.observe(out)
-                accelerator.backward(out.loss)
+                # teachers and codebooks change once per update (not per micro-batch); the codebook statistics of
+                # the update's micro-batches are applied when the last one's block ends, before optimizer_step
+                with accumulating(model, sync=accelerator.sync_gradients):
+                    out, extra = forward(batch, step, micro_step)
+                    guard.observe(out)
+                    accelerator.backward(out.loss)
                 micro_step += 1
                 meter.update(out)
                 speed.update(rows(batch) * accelerator.num_processes)
