@@ -25,18 +25,34 @@ def _vision(image, patch, hidden, layers, heads, mlp):
             "num_attention_heads": heads, "intermediate_size": mlp}
 
 
-def _text(hidden, layers, fusion, heads, mlp, positions):
+def _text(hidden, layers, fusion, heads, mlp, positions, dropout=0.1):
     return {"hidden_size": hidden, "num_hidden_layers": layers, "num_fusion_layers": fusion,
-            "num_attention_heads": heads, "intermediate_size": mlp, "max_position_embeddings": positions}
+            "num_attention_heads": heads, "intermediate_size": mlp, "max_position_embeddings": positions,
+            "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
 
-# (vision tower, text tower, shared fields); the text tower's vocabulary is added by `tower_preset`
+# (vision tower, text tower, shared fields); the text tower's vocabulary is added by `tower_preset`.
+# tiny and small pre-train from scratch in minutes (docs/methods.md, "Learning from scratch"): no feature queue
+# (its stale keys lock collapsed features in), no dropout (it only slows a run of a few hundred updates).
+# base and large keep the papers' recipes, which assume pretrained towers.
 _TOWERS = {
-    "tiny": (_vision(32, 8, 32, 2, 2, 64), _text(32, 1, 1, 2, 64, 64), {"embed_dim": 16, "queue_size": 32}),
-    "small": (_vision(64, 8, 128, 4, 4, 512), _text(128, 2, 2, 4, 512, 64), {"embed_dim": 64, "queue_size": 1024}),
+    "tiny": (_vision(32, 8, 32, 2, 2, 64), _text(32, 1, 1, 2, 64, 64, dropout=0.0), {"embed_dim": 16, "queue_size": 0}),
+    "small": (_vision(64, 8, 128, 4, 4, 512), _text(128, 2, 2, 4, 512, 64, dropout=0.0),
+              {"embed_dim": 64, "queue_size": 0}),
     "base": (_vision(224, 16, 768, 12, 12, 3072), _text(768, 6, 6, 12, 3072, 512), {"embed_dim": 256}),
     "large": (_vision(224, 16, 1024, 24, 16, 4096), _text(1024, 12, 12, 16, 4096, 512), {"embed_dim": 256}),
 }
+
+
+# the momentum teacher of the CPU presets keeps up with a short run: 0.95 averages over ~20 updates, where
+# ALBEF's 0.995 averages over ~200, the whole run, and would distil from a near-random network throughout
+_TEACHER = {"tiny": {"momentum": 0.95}, "small": {"momentum": 0.95}}
+
+
+def teacher_preset(size: str) -> dict:
+    """Momentum-teacher fields of the align-before-fuse family at one size (empty where the config's default,
+    ALBEF's 0.995, applies)."""
+    return dict(_TEACHER.get(check_size(size), {}))
 
 
 def check_size(size: str) -> str:

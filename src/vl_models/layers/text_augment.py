@@ -11,6 +11,7 @@ soft-label MLM loss a frozen language model's distribution gives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -146,5 +147,14 @@ def soft_label_mlm_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logi
     return (1 - alpha) * hard + alpha * soft, hard, soft
 
 
-__all__ = ["SyntheticCaptions", "choose_positions", "sample_replacements", "soft_label_mlm_loss",
-           "synthesize_negatives"]
+def normalized_entropy(logits: torch.Tensor, temperature: float = 1.0) -> float:
+    """Mean entropy of softmax(logits / temperature) over rows, divided by log(V): 1.0 for uniform
+    predictions (an untrained teacher), near 0 for confident ones. logits [M, V]."""
+    if logits.shape[0] == 0:
+        return float("nan")
+    logp = (logits.float() / temperature).log_softmax(-1)
+    return float(-(logp.exp() * logp).sum(-1).mean() / math.log(logits.shape[-1]))
+
+
+__all__ = ["SyntheticCaptions", "choose_positions", "normalized_entropy", "sample_replacements",
+           "soft_label_mlm_loss", "synthesize_negatives"]

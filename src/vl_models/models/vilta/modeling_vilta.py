@@ -3,6 +3,7 @@ pre-trained with soft-label MLM (a frozen language teacher) and ITM on synthesis
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,13 @@ from ...modeling_utils import VlPreTrainedModel
 from ...utils import check_pretraining_pairs, check_range, check_tensor
 from .configuration_vilta import ViltaConfig
 from .pretrained_vilta import ViltaTowersMixin
+
+logger = logging.getLogger(__name__)
+
+
+# mean soft-label entropy / log(V) above which the teacher counts as untrained (a random BERT gives ~0.99 at the
+# small preset; a trained one well under 0.5 on Shapes captions)
+UNTRAINED_TEACHER_ENTROPY = 0.9
 
 
 @dataclass
@@ -127,6 +135,7 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
         self.mlm_head = MlmHead(text.hidden_size, text.vocab_size, text.hidden_act, text.layer_norm_eps)
         self.temp = nn.Parameter(torch.tensor(float(config.temperature)))
         self.teacher = ViltaTextTeacher(text)
+        self._teacher_checked = False  # `_check_teacher` runs at the first training forward with alpha > 0
         if config.itc_weight == 0:
             # kept for retrieval fine-tuning but unused here: frozen, so DDP needs no find_unused_parameters
             freeze(self.vilta.vision_proj)
@@ -144,8 +153,24 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
 
     @torch.no_grad()
     def reset_teacher(self):
-        """Copy the student's language encoder and MLM head into the teacher (after loading pretrained towers)."""
+        """Copy the student's language encoder and MLM head into the teacher (after loading pretrained towers, or
+        after a first stage trained with alpha = 0 taught the student the captions' language)."""
         copy_student_to_teacher(self.teacher_pairs())
+        self._teacher_checked = False
+
+    @torch.compiler.disable
+    def _check_teacher(self, teacher_logits):
+        """Warn once when the frozen teacher knows no language: its soft labels are then near uniform, and
+        distilling them is label smoothing toward uniform, not cross-distillation (docs/methods/vilta.md)."""
+        self._teacher_checked = True
+        entropy = text_augment.normalized_entropy(teacher_logits, self.config.soft_label_temperature)
+        if entropy > UNTRAINED_TEACHER_ENTROPY:
+            logger.warning(
+                "ViLTA's frozen language teacher gives near-uniform soft labels (entropy %.3f of the uniform "
+                "distribution's): it is an untrained network, so alpha=%s only smooths the MLM labels. Start from "
+                "a pretrained text tower (ViltaForPreTraining.from_pretrained_towers(text=...)), or train a first "
+                "stage with alpha=0 and continue from it with `reset_teacher()` (pretrain.py --reset_teacher); "
+                "or set alpha=0", entropy, self.config.alpha)
 
     # -- inputs -----------------------------------------------------------------------------------------------
 
@@ -216,6 +241,8 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
         hidden, labels = select_masked(fused, mlm_labels)  # [M, D], [M]
         logits = self.mlm_head(hidden)  # [M, V]: only masked positions reach the vocabulary
         teacher_logits = self.teacher(mlm_input_ids, attention_mask, mlm_labels) if alpha > 0 else None
+        if teacher_logits is not None and self.training and not self._teacher_checked:
+            self._check_teacher(teacher_logits)
         loss, hard, soft = text_augment.soft_label_mlm_loss(
             logits, labels, teacher_logits, alpha=alpha, temperature=cfg.soft_label_temperature,
             top_k=cfg.soft_label_top_k)

@@ -1,3 +1,4 @@
+from ...presets import teacher_preset
 from ...registry import Method
 from .configuration_vlmae import VlmaeConfig
 from .modeling_vlmae import (
@@ -27,7 +28,7 @@ METHOD = Method(
         "nlvr2": VlmaeForImagesAndTextClassification,
     },
     presets={
-        size: {"decoder_hidden_size": d, "decoder_num_layers": n, "decoder_num_heads": h}
+        size: {"decoder_hidden_size": d, "decoder_num_layers": n, "decoder_num_heads": h, **teacher_preset(size)}
         for size, (d, n, h) in _DECODER.items()
     },
     objectives=("itc", "itm", "mlm", "rmim", "ifr"),
