@@ -61,6 +61,7 @@ from vl_models.training import (
     zero_shot_retrieval,
 )
 from vl_models.training.data import mix_sources, read_text_lines
+from vl_models.training.learning import from_scratch_warnings
 
 logger = logging.getLogger("pretrain")
 
@@ -83,6 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--visual_tokenizer", default=None,
                    help=f"vl_beit: a trained visual tokenizer (folder/Hub id saved by --method {TOKENIZER_METHOD})")
     g.add_argument("--max_length", type=int, default=40, help="caption length in tokens, [CLS] and [SEP] included")
+    g.add_argument("--reset_teacher", action="store_true",
+                   help="vilta: copy the student's language encoder and MLM head into the frozen teacher before "
+                        "training (stage 2 of a run whose stage 1 trained with alpha=0; docs/methods/vilta.md)")
     g.add_argument("--alpha_warmup_steps", type=int, default=None,
                    help="ramp the distillation weight alpha from 0 over N updates (default: one epoch, as ALBEF)")
     g = parser.add_argument_group("data")
@@ -126,6 +130,12 @@ def build_model(args):
     else:
         config = vl_models.get_config(args.method, args.size, **overrides)
         model = spec.pretraining_class._from_config(config, **attn)
+        for problem in from_scratch_warnings(config):
+            logger.warning(problem)
+    if args.reset_teacher:
+        if not hasattr(model, "reset_teacher"):
+            raise UserError(f"--reset_teacher is for vilta, not {args.method}")
+        model.reset_teacher()
     if args.visual_tokenizer:
         if not hasattr(model, "set_visual_tokenizer"):
             raise UserError(f"--visual_tokenizer is for vl_beit, not {args.method}")

@@ -15,9 +15,11 @@ from .processing_vilta import ViltaProcessor
 
 # ViLTA keeps no feature queue; base/large: a full language encoder (BERT-base / -large depth) and METER's 6
 # co-attention layers (ours; the paper's sizes are unverified)
+# tiny and small start from scratch, where the frozen teacher would be an untrained network giving uniform soft
+# labels: no distillation (alpha 0) until a teacher that knows language is set (docs/methods/vilta.md)
 _PRESETS = {
-    "tiny": {"queue_size": 0},
-    "small": {"queue_size": 0},
+    "tiny": {"queue_size": 0, "alpha": 0.0},
+    "small": {"queue_size": 0, "alpha": 0.0},
     "base": {"queue_size": 0, "text_config": {"num_hidden_layers": 12, "num_fusion_layers": 6}},
     "large": {"queue_size": 0, "text_config": {"num_hidden_layers": 24, "num_fusion_layers": 6}},
 }
