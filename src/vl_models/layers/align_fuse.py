@@ -26,6 +26,7 @@ from .losses import (
     soft_cross_entropy,
 )
 from .masking import mlm_inputs
+from .mlm import TiedMlmMixin
 from .momentum import (
     FeatureQueue,
     copy_student_to_teacher,
@@ -100,6 +101,9 @@ class AlignFuseModelMixin(BackboneMixin, FromTowersMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text.embeddings.word_embeddings
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text.embeddings.word_embeddings = value
+
     def encode_image(self, pixel_values, *, ids_keep=None, bool_masked_pos=None, interpolate_pos_encoding=False):
         return self.vision(pixel_values, ids_keep=ids_keep, bool_masked_pos=bool_masked_pos,
                            interpolate_pos_encoding=interpolate_pos_encoding)  # [B, 1 + n, Dv]
@@ -111,8 +115,9 @@ class AlignFuseModelMixin(BackboneMixin, FromTowersMixin):
         return self.fusion(text_embeds, attention_mask, image_embeds)  # [B, T, Dt]; [:, 0] is the pair's [CLS]
 
 
-class AlignFusePreTrainingMixin(FromTowersMixin):
-    """ALBEF's three objectives on top of an align-fuse `XModel` (`_backbone_class`)."""
+class AlignFusePreTrainingMixin(TiedMlmMixin, FromTowersMixin):
+    """ALBEF's three objectives on top of an align-fuse `XModel` (`_backbone_class`). The MLM decoders are tied to
+    the word embeddings, the student's to the student's and the teacher's to the teacher's (`TiedMlmMixin`)."""
 
     _backbone_class: type
 
@@ -131,6 +136,8 @@ class AlignFusePreTrainingMixin(FromTowersMixin):
             self.image_queue = FeatureQueue(config.embed_dim, config.queue_size)
             self.text_queue = FeatureQueue(config.embed_dim, config.queue_size)
         self._build_method_heads(config)
+        self.tie_mlm_heads((self.mlm_head, self.base_model.get_input_embeddings()),
+                           (self.momentum_mlm_head, self.momentum_model.get_input_embeddings()))
         self.post_init()
 
     def _build_method_heads(self, config):
