@@ -47,13 +47,17 @@ class FromTowersMixin:
         """Build the model with its text tower from `text` (path or Hub id of any BERT-style model) and its image
         tower from `vision` (any transformers ViT). Tower shapes come from the checkpoints; other config fields
         from `config_kwargs`. The lower half of the text checkpoint's layers (or all but `num_fusion_layers`)
-        becomes the text encoder, the rest the fusion encoder, whose cross-attention starts from scratch."""
+        becomes the text encoder, the rest the fusion encoder, whose cross-attention starts from scratch. A model
+        with an MLM head takes the checkpoint's masked-LM head when it has one (`BertForMaskedLM`); a plain
+        `BertModel` has none, and the log says the head keeps its initialisation. Teachers copy the result."""
         from transformers import AutoTokenizer
 
         from ..presets import merge
         from .pretrained_towers import (
             bert_to_towers,
+            load_mlm_head,
             load_pretrained,
+            load_text_checkpoint,
             load_tower_weights,
             text_tower_config,
             vision_tower_config,
@@ -61,7 +65,7 @@ class FromTowersMixin:
         )
 
         kwargs = dict(config_kwargs)
-        text_model = load_pretrained(text) if text else None
+        text_model, mlm_head = load_text_checkpoint(text) if text else (None, {})
         vision_model = load_pretrained(vision) if vision else None
         if text_model is not None:
             tower = text_tower_config(text_model.config, num_fusion_layers)
@@ -78,6 +82,9 @@ class FromTowersMixin:
         if text_model is not None:
             weights = bert_to_towers(text_model.state_dict(), model.config.text_config.num_hidden_layers)
             load_tower_weights(model.base_model, weights, text)
+            if hasattr(model, "mlm_head"):
+                embeddings = model.get_input_embeddings().weight
+                load_mlm_head(model.mlm_head, mlm_head, text, tied=model.mlm_head.decoder.weight is embeddings)
         if vision_model is not None:
             load_tower_weights(model.base_model, vit_to_tower(vision_model.state_dict()), vision)
         if hasattr(model, "reset_momentum"):
