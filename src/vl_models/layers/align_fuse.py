@@ -27,6 +27,7 @@ from .losses import (
     soft_cross_entropy,
 )
 from .masking import mlm_inputs
+from .mlm import TiedMlmMixin
 from .momentum import (
     FeatureQueue,
     copy_student_to_teacher,
@@ -47,13 +48,17 @@ class FromTowersMixin:
         """Build the model with its text tower from `text` (path or Hub id of any BERT-style model) and its image
         tower from `vision` (any transformers ViT). Tower shapes come from the checkpoints; other config fields
         from `config_kwargs`. The lower half of the text checkpoint's layers (or all but `num_fusion_layers`)
-        becomes the text encoder, the rest the fusion encoder, whose cross-attention starts from scratch."""
+        becomes the text encoder, the rest the fusion encoder, whose cross-attention starts from scratch. A model
+        with an MLM head takes the checkpoint's masked-LM head when it has one (`BertForMaskedLM`); a plain
+        `BertModel` has none, and the log says the head keeps its initialisation. Teachers copy the result."""
         from transformers import AutoTokenizer
 
         from ..presets import merge
         from .pretrained_towers import (
             bert_to_towers,
+            load_mlm_head,
             load_pretrained,
+            load_text_checkpoint,
             load_tower_weights,
             text_tower_config,
             vision_tower_config,
@@ -61,7 +66,7 @@ class FromTowersMixin:
         )
 
         kwargs = dict(config_kwargs)
-        text_model = load_pretrained(text) if text else None
+        text_model, mlm_head = load_text_checkpoint(text) if text else (None, {})
         vision_model = load_pretrained(vision) if vision else None
         if text_model is not None:
             tower = text_tower_config(text_model.config, num_fusion_layers)
@@ -78,6 +83,9 @@ class FromTowersMixin:
         if text_model is not None:
             weights = bert_to_towers(text_model.state_dict(), model.config.text_config.num_hidden_layers)
             load_tower_weights(model.base_model, weights, text)
+            if hasattr(model, "mlm_head"):
+                embeddings = model.get_input_embeddings().weight
+                load_mlm_head(model.mlm_head, mlm_head, text, tied=model.mlm_head.decoder.weight is embeddings)
         if vision_model is not None:
             load_tower_weights(model.base_model, vit_to_tower(vision_model.state_dict()), vision)
         if hasattr(model, "reset_momentum"):
@@ -101,6 +109,9 @@ class AlignFuseModelMixin(BackboneMixin, FromTowersMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text.embeddings.word_embeddings
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text.embeddings.word_embeddings = value
+
     def encode_image(self, pixel_values, *, ids_keep=None, bool_masked_pos=None, interpolate_pos_encoding=False):
         return self.vision(pixel_values, ids_keep=ids_keep, bool_masked_pos=bool_masked_pos,
                            interpolate_pos_encoding=interpolate_pos_encoding)  # [B, 1 + n, Dv]
@@ -112,8 +123,9 @@ class AlignFuseModelMixin(BackboneMixin, FromTowersMixin):
         return self.fusion(text_embeds, attention_mask, image_embeds)  # [B, T, Dt]; [:, 0] is the pair's [CLS]
 
 
-class AlignFusePreTrainingMixin(PerUpdateState, FromTowersMixin):
-    """ALBEF's three objectives on top of an align-fuse `XModel` (`_backbone_class`)."""
+class AlignFusePreTrainingMixin(PerUpdateState, TiedMlmMixin, FromTowersMixin):
+    """ALBEF's three objectives on top of an align-fuse `XModel` (`_backbone_class`). The MLM decoders are tied to
+    the word embeddings, the student's to the student's and the teacher's to the teacher's (`TiedMlmMixin`)."""
 
     _backbone_class: type
 
@@ -132,6 +144,8 @@ class AlignFusePreTrainingMixin(PerUpdateState, FromTowersMixin):
             self.image_queue = FeatureQueue(config.embed_dim, config.queue_size)
             self.text_queue = FeatureQueue(config.embed_dim, config.queue_size)
         self._build_method_heads(config)
+        self.tie_mlm_heads((self.mlm_head, self.base_model.get_input_embeddings()),
+                           (self.momentum_mlm_head, self.momentum_model.get_input_embeddings()))
         self.post_init()
 
     def _build_method_heads(self, config):

@@ -58,8 +58,10 @@ class FeatureQueue(nn.Module):
 
 
 def _paired_tensors(pairs: ModulePairs):
-    """Matching (student, teacher) parameter and buffer lists; names must agree."""
+    """Matching (student, teacher) parameter and buffer lists; names must agree. A teacher tensor that two pairs
+    share (a tied weight: the MLM decoder is the word embeddings) is listed once, so an EMA step moves it once."""
     s_params, t_params, s_bufs, t_bufs = [], [], [], []
+    seen = set()
     for student, teacher in pairs:
         for kind, s_list, t_list, getter in (
             ("parameters", s_params, t_params, "named_parameters"),
@@ -74,6 +76,9 @@ def _paired_tensors(pairs: ModulePairs):
                     raise ValueError(
                         f"`pairs`: shape of {name} differs: {tuple(s.shape)} vs {tuple(t_named[name].shape)}"
                     )
+                if id(t_named[name]) in seen:
+                    continue
+                seen.add(id(t_named[name]))
                 s_list.append(s)
                 t_list.append(t_named[name])
     return s_params, t_params, s_bufs, t_bufs

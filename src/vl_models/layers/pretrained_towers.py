@@ -2,13 +2,15 @@
 
 The mapping works on the in-memory state dict of the loaded transformers model (so any checkpoint transformers
 can read, in any of its historical key layouts, works). ALBEF's recipe: the lower BERT layers become the text
-encoder, the upper ones the fusion encoder (their cross-attention starts from scratch).
+encoder, the upper ones the fusion encoder (their cross-attention starts from scratch). A text checkpoint with a
+masked-LM head (`BertForMaskedLM`, BERT's own release) also gives the model's MLM head (ALBEF starts from it).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from contextlib import contextmanager
 
 import torch
 from transformers import AutoModel
@@ -46,10 +48,89 @@ _VIT_TOP = {
 }
 
 
+# BERT's `cls.predictions` and RoBERTa's `lm_head` -> our `MlmHead`
+_MLM_HEAD = {
+    "cls.predictions.transform.dense": "dense", "cls.predictions.transform.LayerNorm": "norm",
+    "cls.predictions.decoder": "decoder", "cls.predictions": "decoder",  # BERT keeps the decoder bias apart
+    "lm_head.dense": "dense", "lm_head.layer_norm": "norm", "lm_head.decoder": "decoder", "lm_head": "decoder",
+}
+
+
 def load_pretrained(name_or_path: str, **kwargs):
     """The transformers model behind a path or Hub id (its base model, without task heads)."""
     model = AutoModel.from_pretrained(name_or_path, **kwargs)
     return getattr(model, "base_model", model)
+
+
+def load_text_checkpoint(name_or_path: str, **kwargs):
+    """(base model, MLM head weights in `MlmHead` keys) of a BERT-style checkpoint; the weights are {} when the
+    checkpoint has no masked-LM head (a plain `BertModel`, e.g. a sentence encoder) or its architecture none."""
+    from transformers import AutoModelForMaskedLM
+
+    try:
+        # quiet: for a checkpoint without a head transformers reports the head it initialised as missing (and
+        # "corrupted"); `load_mlm_head` says what that means for our model instead
+        with _transformers_log_level(logging.ERROR):
+            lm, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    except ValueError:  # no masked-LM class for this architecture
+        return load_pretrained(name_or_path, **kwargs), {}
+    head_missing = {k for k in info["missing_keys"] if k.rpartition(".")[0] in _MLM_HEAD}
+    tower_missing = sorted(set(info["missing_keys"]) - head_missing)
+    if tower_missing:
+        logger.warning("`%s` lacks %d text tensors, initialised instead: %s", name_or_path, len(tower_missing),
+                       tower_missing[:5])
+    return lm.base_model, ({} if head_missing else mlm_head_weights(lm.state_dict()))
+
+
+@contextmanager
+def _transformers_log_level(level: int):
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def mlm_head_weights(state: dict) -> dict:
+    """A masked-LM checkpoint's head keys -> `MlmHead` keys (dense, norm, decoder); the decoder weight falls back to
+    the word embeddings it is tied to."""
+    out = {}
+    for key, value in state.items():
+        module, _, kind = key.rpartition(".")
+        if module in _MLM_HEAD and kind in ("weight", "bias"):
+            out[f"{_MLM_HEAD[module]}.{kind}"] = value
+    if out and "decoder.weight" not in out:
+        tied = [v for k, v in state.items() if k.endswith("embeddings.word_embeddings.weight")]
+        if tied:
+            out["decoder.weight"] = tied[0]
+    return out
+
+
+@torch.no_grad()
+def load_mlm_head(head: torch.nn.Module, weights: dict, source: str, *, tied: bool) -> bool:
+    """Copy a checkpoint's MLM head (`mlm_head_weights`) into our `MlmHead`. A `tied` decoder's weight is the word
+    embeddings, loaded with the text tower already: only the transform and the decoder bias are copied then.
+    Returns False (and says so) when the checkpoint has no complete head: ours keeps its initialisation."""
+    own = head.state_dict()
+    wanted = [k for k in own if not (tied and k == "decoder.weight")]
+    if not weights or any(k not in weights for k in wanted):
+        logger.warning("`%s` has no masked-LM head (cls.predictions), e.g. a plain BertModel: the MLM head's "
+                       "transform and decoder bias start from their initialisation%s", source,
+                       "; its decoder weight is the loaded word embeddings" if tied else "")
+        return False
+    for key in wanted:
+        if own[key].shape != weights[key].shape:
+            raise ValueError(f"`{source}`: MLM head {key} has shape {tuple(weights[key].shape)}, the model expects "
+                             f"{tuple(own[key].shape)}")
+        own[key].copy_(weights[key])
+    if tied and "decoder.weight" in weights and not torch.equal(weights["decoder.weight"], own["decoder.weight"]):
+        logger.warning("`%s` has an MLM decoder untied from its word embeddings; ours is tied to the embeddings "
+                       "(build with tie_word_embeddings=False to load that decoder too)", source)
+    logger.info("loaded the MLM head of %s (%s)", source, ", ".join(wanted))
+    return True
 
 
 def text_tower_config(bert_config, num_fusion_layers: int | None = None) -> dict:

@@ -43,6 +43,7 @@ class ViltaConfig(VlPreTrainedConfig):
 
     vision_config: dict | VisionTowerConfig | None = None
     text_config: dict | TextTowerConfig | None = None
+    tie_word_embeddings: bool = True  # the MLM decoder's weight is the text word embeddings (BERT, ALBEF)
     embed_dim: int = 256  # ITC projection size (retrieval)
     temperature: float = 0.07  # ITC temperature, learnable, clamped to [0.001, 0.5]
     queue_size: int = 0

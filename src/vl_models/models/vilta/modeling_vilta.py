@@ -17,6 +17,7 @@ from ...layers.coattention import CoAttentionTransformer
 from ...layers.heads import MlmHead
 from ...layers.losses import contrastive_loss, select_masked
 from ...layers.masking import mlm_inputs
+from ...layers.mlm import TiedMlmMixin
 from ...layers.momentum import copy_student_to_teacher, freeze, init_teachers_from_students
 from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
@@ -89,6 +90,9 @@ class ViltaModel(BackboneMixin, ViltaTowersMixin, ViltaPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text.embeddings.word_embeddings
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text.embeddings.word_embeddings = value
+
     def encode_image(self, pixel_values, *, interpolate_pos_encoding=False):
         return self.vision(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)  # [B, 1 + N, Dv]
 
@@ -123,9 +127,10 @@ class ViltaTextTeacher(nn.Module):
         return self.mlm_head(select_masked(self.text(input_ids, attention_mask), labels)[0])
 
 
-class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
+class ViltaForPreTraining(TiedMlmMixin, ViltaTowersMixin, ViltaPreTrainedModel):
     """Soft-label MLM (cross-distillation from the frozen `teacher`) + ITM on positives, in-batch negatives and
-    captions rewritten by the current language encoder (+ optional ITC, off by default)."""
+    captions rewritten by the current language encoder (+ optional ITC, off by default). The MLM decoders are tied
+    to the word embeddings, the student's to the student's and the teacher's to the teacher's (`TiedMlmMixin`)."""
 
     def __init__(self, config: ViltaConfig):
         super().__init__(config)
@@ -141,6 +146,8 @@ class ViltaForPreTraining(ViltaTowersMixin, ViltaPreTrainedModel):
             freeze(self.vilta.vision_proj)
             freeze(self.vilta.text_proj)
             self.temp.requires_grad_(False)
+        self.tie_mlm_heads((self.mlm_head, self.vilta.get_input_embeddings()),
+                           (self.teacher.mlm_head, self.teacher.text.embeddings.word_embeddings))
         self.post_init()
 
     def teacher_pairs(self) -> list[tuple[nn.Module, nn.Module]]:

@@ -91,6 +91,7 @@ class VlBeitConfig(VlPreTrainedConfig):
 
     vision_config: dict | VisionTowerConfig | None = None
     text_config: dict | TextTowerConfig | None = None
+    tie_word_embeddings: bool = True  # the MLM decoder's weight is the text word embeddings (BERT, ALBEF)
     tokenizer_config: dict | VlBeitTokenizerConfig | None = None
     num_vl_layers: int = 2  # top layers whose pair tokens go through the vision-language expert
     layer_scale_init_value: float | None = 0.1

@@ -82,6 +82,9 @@ class VlBeitModel(BackboneMixin, VlBeitPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.text_embeddings.word_embeddings
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_embeddings.word_embeddings = value
+
     # -- the three passes -------------------------------------------------------------------------------------
 
     def embed_text(self, input_ids):

@@ -16,6 +16,7 @@ from ...layers.heads import MlmHead, TokenClassifierHead
 from ...layers.losses import masked_cross_entropy, select_masked
 from ...layers.masking import block_masking, mlm_inputs
 from ...layers.mim import TokenizerTargets, code_statistics
+from ...layers.mlm import TiedMlmMixin
 from ...layers.momentum import freeze
 from ...layers.outputs import VlPreTrainingOutput
 from ...utils import check_same_batch, check_tensor, describe
@@ -24,10 +25,11 @@ from .modeling_vl_beit import VlBeitModel, VlBeitPreTrainedModel
 from .tokenizer_vl_beit import VlBeitVisualTokenizer
 
 
-class VlBeitForPreTraining(VlBeitPreTrainedModel):
+class VlBeitForPreTraining(TiedMlmMixin, VlBeitPreTrainedModel):
     """MLM (text rows, language experts) + MIM (image rows, vision experts) + masked VL modeling (pairs: masked
     text and masked patches recovered through the VL experts). `loss` = the config-weighted sum of the
-    objectives the batch has data for; an absent one is None.
+    objectives the batch has data for; an absent one is None. The MLM decoder is tied to the word embeddings
+    (`TiedMlmMixin`).
 
     `visual_tokenizer`: where the MIM targets come from. By default a `VlBeitVisualTokenizer` built from
     `config.tokenizer_config`, frozen and saved with the model; load a trained one with `set_visual_tokenizer`.
@@ -49,6 +51,7 @@ class VlBeitForPreTraining(VlBeitPreTrainedModel):
         self.mim_head = TokenClassifierHead(vision.hidden_size, config.tokenizer_config.num_codes,
                                             vision.layer_norm_eps)
         self.visual_tokenizer = freeze(VlBeitVisualTokenizer(config.tokenizer_config))
+        self.tie_mlm_heads((self.mlm_head, self.vl_beit.get_input_embeddings()))
         self.post_init()
         if visual_tokenizer is not None:
             self.set_visual_tokenizer(visual_tokenizer)
