@@ -24,8 +24,13 @@ FROZEN_PREFIXES = {"vilta": ("teacher.", "temp", "vilta.vision_proj.", "vilta.te
 ITC_ON = {"vilta": {"itc_weight": 1.0}}
 
 
+# the tiny preset trains without a feature queue (it learns from scratch); the suite keeps the queue's code tested
+WITH_QUEUE = {"queue_size": 32}
+
+
 def tiny(method, **overrides):
-    return vl_models.get_config(method, "tiny", **overrides)
+    queue = WITH_QUEUE if method not in TEACHER_PREFIX else {}
+    return vl_models.get_config(method, "tiny", **{**queue, **overrides})
 
 
 def build(method, cls=None, seed=0, **overrides):

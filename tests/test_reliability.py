@@ -251,7 +251,9 @@ def test_loading_another_methods_checkpoint_is_refused(tmp_path):
 
 
 def test_mismatched_shapes_name_the_keys_and_both_shapes(tmp_path):
-    vl_models.AlbefForPreTraining(vl_models.get_config("albef", "tiny", embed_dim=24)).save_pretrained(tmp_path)
+    # with feature queues (the tiny preset has none), whose width is embed_dim too
+    config = vl_models.get_config("albef", "tiny", embed_dim=24, queue_size=32)
+    vl_models.AlbefForPreTraining(config).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"10 tensors have other shapes \(albef.text_proj.bias: checkpoint \(24,\) "
                                          r"vs model \(16,\);.*ignore_mismatched_sizes=True"):
         vl_models.AlbefForPreTraining.from_pretrained(tmp_path, embed_dim=16)
@@ -559,7 +561,8 @@ def test_log_keeps_whole_records_after_a_crash_mid_line(tmp_path):
 
 PRETRAIN = [str(ROOT / "examples" / "pretrain.py"), "--method", "vq_mim", "--size", "tiny", "--num_train_images",
             "32", "--num_val_images", "8", "--per_device_train_batch_size", "8", "--logging_steps", "1", "--seed", "0",
-            "--max_train_steps", "6", "--checkpointing_steps", "2", "--eval_steps", "0"]
+            "--max_train_steps", "6", "--checkpointing_steps", "2", "--eval_steps", "0",
+            "--config_overrides", "queue_size=16"]  # the tiny preset has no queue; resuming must restore one
 LOSSES = ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mim", "loss_vq", "lr", "codebook_perplexity")
 
 

@@ -392,7 +392,7 @@ def test_teacher_is_frozen_a_copy_of_the_initial_student_and_unchanged_by_optimi
 
 
 def test_teacher_is_saved_once_and_restored_after_training(tmp_path):
-    model = build().train()
+    model = build(alpha=0.4).train()  # distilling, so the teacher's soft labels are read
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model(**make_batch(model.config), generator=gen()).loss.backward()
     optimizer.step()

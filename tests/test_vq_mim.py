@@ -179,10 +179,10 @@ def test_mim_reads_the_caption_only_through_the_mim_fusion_layers(layers):
     other = make_batch(model.config, seed=5)
     a = model(**batch, generator=gen()).loss_mim
     b = model(**{**batch, "input_ids": other["input_ids"]}, generator=gen()).loss_mim
-    if layers:
-        assert not torch.allclose(a, b)
-    else:
-        torch.testing.assert_close(a, b)
+    if layers:  # at initialisation the caption moves the MIM loss only slightly: any change shows the path
+        assert not torch.equal(a, b)
+    else:  # no path from the caption: the same computation on the same image gives the same bits
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("overrides", [

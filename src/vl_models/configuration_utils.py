@@ -194,18 +194,22 @@ class AlignFuseConfig(VlPreTrainedConfig):
     momentum: float = 0.995  # EMA of the momentum (teacher) encoders
     alpha: float = 0.4  # weight of momentum-distilled soft targets (ITC and MLM); the trainer may ramp it
     mlm_probability: float = 0.15
+    # share of ITM negatives drawn uniformly from the batch instead of by ITC similarity (0: ALBEF's hard
+    # negatives; ours: 0.5 at the tiny and small presets, which train from scratch)
+    itm_uniform_negatives: float = 0.0
     itc_weight: float = 1.0
     itm_weight: float = 1.0
     mlm_weight: float = 1.0
     initializer_range: float = 0.02
 
     def validate_objectives(self):
-        for name in ("temperature", "momentum", "alpha", "mlm_probability"):
+        for name in ("temperature", "momentum", "alpha", "mlm_probability", "itm_uniform_negatives"):
             _check_number(name, getattr(self, name), -math.inf)  # a real number; the ranges follow
         check_range("temperature", self.temperature, 0.001, 0.5, high_inclusive=True)
         check_range("momentum", self.momentum, 0.0, 1.0, high_inclusive=True)
         check_range("alpha", self.alpha, 0.0, 1.0, high_inclusive=True)
         check_range("mlm_probability", self.mlm_probability, 0.0, 1.0, high_inclusive=True)
+        check_range("itm_uniform_negatives", self.itm_uniform_negatives, 0.0, 1.0, high_inclusive=True)
         _check_int("queue_size", self.queue_size, 0)
         _check_int("embed_dim", self.embed_dim, 1)
         for name in ("itc_weight", "itm_weight", "mlm_weight"):

@@ -44,15 +44,17 @@ _TOWERS = {
 }
 
 
-# the momentum teacher of the CPU presets keeps up with a short run: 0.95 averages over ~20 updates, where
-# ALBEF's 0.995 averages over ~200, the whole run, and would distil from a near-random network throughout
-_TEACHER = {"tiny": {"momentum": 0.95}, "small": {"momentum": 0.95}}
+# the align-before-fuse family at the CPU presets: a momentum teacher that keeps up with a short run (0.95
+# averages over ~20 updates, ALBEF's 0.995 over ~200, the whole run), and half of the ITM negatives uniform, so ITM
+# can leave its class prior before the fusion encoder tells hard negatives apart (docs/methods.md)
+_FROM_SCRATCH = {"momentum": 0.95, "itm_uniform_negatives": 0.5}
+_ALIGN_FUSE = {"tiny": _FROM_SCRATCH, "small": _FROM_SCRATCH}
 
 
-def teacher_preset(size: str) -> dict:
-    """Momentum-teacher fields of the align-before-fuse family at one size (empty where the config's default,
-    ALBEF's 0.995, applies)."""
-    return dict(_TEACHER.get(check_size(size), {}))
+def align_fuse_preset(size: str) -> dict:
+    """Fields of the align-before-fuse family (ALBEF, VLMAE, VQ-MIM) at one size; empty where ALBEF's recipe
+    applies (base, large: momentum 0.995, hard negatives)."""
+    return dict(_ALIGN_FUSE.get(check_size(size), {}))
 
 
 def check_size(size: str) -> str:

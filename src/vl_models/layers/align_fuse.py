@@ -244,33 +244,43 @@ class AlignFusePreTrainingMixin(PerUpdateState, TiedMlmMixin, FromTowersMixin):
 
     def _itm(self, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i, generator):
         return itm_with_hard_negatives(self.base_model.fuse, self.itm_head, image_embeds, text_embeds,
-                                       attention_mask, sim_i2t, sim_t2i, generator)
+                                       attention_mask, sim_i2t, sim_t2i, generator, self.config.itm_uniform_negatives)
 
 
-def sample_hard_negatives(sim_i2t, sim_t2i, generator=None):
-    """For each image a text and for each text an image, drawn in proportion to softmax(similarity) over the
-    batch, never the positive itself. sim_* [B, B] -> (negative image per text [B], negative text per image [B])."""
+def sample_hard_negatives(sim_i2t, sim_t2i, generator=None, uniform: float = 0.0):
+    """For each image a text and for each text an image, never the positive itself, drawn from
+    `(1 - uniform) * softmax(similarity) + uniform * (uniform over the batch)`. sim_* [B, B] -> (negative image
+    per text [B], negative text per image [B]).
+
+    `uniform` 0 is ALBEF's hard-negative sampling. From scratch the similarity-sampled negatives are
+    indistinguishable for a fusion encoder that cannot yet compare image and text, ITM stays at its class prior,
+    and easy (uniform) negatives are what lets it start (docs/methods.md, "Learning from scratch")."""
     with torch.no_grad():
         batch = sim_i2t.shape[0]
         eye = torch.eye(batch, dtype=torch.bool, device=sim_i2t.device)
-        # a tiny floor keeps rows valid when the softmax underflows to exact zeros off the diagonal; non-finite
-        # similarities (NaN inputs) sample uniformly, so the step ends in a non-finite loss that the training
-        # loop skips on every process, instead of a crash inside multinomial
-        weights_t2i = sim_t2i.float().softmax(-1).nan_to_num(0.0, 0.0, 0.0).masked_fill(eye, 0) + 1e-8 * ~eye
-        weights_i2t = sim_i2t.float().softmax(-1).nan_to_num(0.0, 0.0, 0.0).masked_fill(eye, 0) + 1e-8 * ~eye
+        others = (~eye).float() / max(1, batch - 1)
+
+        def weights(sims):
+            # non-finite similarities (NaN inputs) sample uniformly, so the step ends in a non-finite loss that the
+            # training loop skips on every process, instead of a crash inside multinomial; a tiny floor keeps rows
+            # valid when the softmax underflows to exact zeros off the diagonal
+            hard = sims.float().softmax(-1).nan_to_num(0.0, 0.0, 0.0).masked_fill(eye, 0)
+            hard = hard / hard.sum(-1, keepdim=True).clamp_min(1e-30)
+            return (1 - uniform) * hard + uniform * others + 1e-8 * ~eye
+
         # draw on the generator's device (a CPU generator cannot sample CUDA tensors), return on the batch's
         draw = generator.device if generator is not None else sim_i2t.device
-        neg_image = torch.multinomial(weights_t2i.to(draw), 1, generator=generator).squeeze(1).to(sim_i2t.device)
-        neg_text = torch.multinomial(weights_i2t.to(draw), 1, generator=generator).squeeze(1).to(sim_i2t.device)
-    return neg_image, neg_text
+        neg_image = torch.multinomial(weights(sim_t2i).to(draw), 1, generator=generator).squeeze(1)
+        neg_text = torch.multinomial(weights(sim_i2t).to(draw), 1, generator=generator).squeeze(1)
+    return neg_image.to(sim_i2t.device), neg_text.to(sim_i2t.device)
 
 
 def itm_with_hard_negatives(fuse, itm_head, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i,
-                            generator=None):
-    """ITM on B positives and 2B hard negatives; `fuse(images, texts, masks)` is the fusion encoder (its first
-    position is classified). Returns (loss, logits [3B, 2], accuracy)."""
+                            generator=None, uniform: float = 0.0):
+    """ITM on B positives and 2B hard negatives (`sample_hard_negatives` with `uniform`); `fuse(images, texts,
+    masks)` is the fusion encoder (its first position is classified). Returns (loss, logits [3B, 2], accuracy)."""
     batch = image_embeds.shape[0]
-    neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_t2i, generator)
+    neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_t2i, generator, uniform)
     images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds], dim=0)  # [3B, 1 + n, D]
     texts = torch.cat([text_embeds, text_embeds, text_embeds[neg_text]], dim=0)
     masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]], dim=0)

@@ -94,7 +94,8 @@ class ImageTextRetrievalMixin(_TaskMixin):
                                 itm_logits=itm_logits, image_feat=image_feat, text_feat=text_feat)
         if return_loss if return_loss is not None else self.training:
             loss_itm, _, _ = itm_with_hard_negatives(fuse, self.itm_head, images, texts, mask,
-                                                     logits_per_image, logits_per_image.t(), generator)
+                                                     logits_per_image, logits_per_image.t(), generator,
+                                                     getattr(self.config, "itm_uniform_negatives", 0.0))
             out.loss = contrastive_loss(image_feat, text_feat, temp) + loss_itm
         return out
 

@@ -1,4 +1,4 @@
-from ...presets import SIZES, teacher_preset
+from ...presets import SIZES, align_fuse_preset
 from ...registry import Method
 from .configuration_albef import AlbefConfig
 from .modeling_albef import (
@@ -24,7 +24,7 @@ METHOD = Method(
         "grounding": AlbefForVisualGrounding,
         "nlvr2": AlbefForImagesAndTextClassification,
     },
-    presets={size: teacher_preset(size) for size in SIZES},
+    presets={size: align_fuse_preset(size) for size in SIZES},
     objectives=("itc", "itm", "mlm"),
     paper="Align before Fuse (Li et al., 2021), arXiv 2107.07651",
 )

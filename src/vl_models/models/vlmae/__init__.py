@@ -1,4 +1,4 @@
-from ...presets import teacher_preset
+from ...presets import align_fuse_preset
 from ...registry import Method
 from .configuration_vlmae import VlmaeConfig
 from .modeling_vlmae import (
@@ -28,7 +28,7 @@ METHOD = Method(
         "nlvr2": VlmaeForImagesAndTextClassification,
     },
     presets={
-        size: {"decoder_hidden_size": d, "decoder_num_layers": n, "decoder_num_heads": h, **teacher_preset(size)}
+        size: {"decoder_hidden_size": d, "decoder_num_layers": n, "decoder_num_heads": h, **align_fuse_preset(size)}
         for size, (d, n, h) in _DECODER.items()
     },
     objectives=("itc", "itm", "mlm", "rmim", "ifr"),

@@ -1,4 +1,4 @@
-from ...presets import teacher_preset
+from ...presets import align_fuse_preset
 from ...registry import Method
 from .configuration_vq_mim import VqMimConfig
 from .modeling_vq_mim import (
@@ -28,7 +28,7 @@ METHOD = Method(
         "nlvr2": VqMimForImagesAndTextClassification,
     },
     presets={
-        size: {"num_codes": k, "code_dim": d, "mim_fusion_layers": n, **teacher_preset(size)} for size, (k, d, n) in _CODEBOOK.items()
+        size: {"num_codes": k, "code_dim": d, "mim_fusion_layers": n, **align_fuse_preset(size)} for size, (k, d, n) in _CODEBOOK.items()
     },
     objectives=("itc", "itm", "mlm", "mim", "vq"),
     paper="Augmenting Vision Language Pretraining by Learning Codebook with Visual Semantics "
