@@ -22,11 +22,12 @@ from vl_models.training.runner import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 UPDATES = 150
+SIZE = "small"
 
 
 def _pretrain(method: str, output_dir: Path, *extra: str):
     pretrain = load_script(ROOT / "examples" / "pretrain.py")
-    pretrain.main(["--method", method, "--size", "small", "--data", "shapes", "--num_train_images", "1600",
+    pretrain.main(["--method", method, "--size", SIZE, "--data", "shapes", "--num_train_images", "1600",
                    "--num_val_images", "0", "--max_train_steps", str(UPDATES), "--eval_steps", "0",
                    "--checkpointing_steps", "0", "--logging_steps", "50", "--output_dir", str(output_dir),
                    "--seed", "0", *extra])

@@ -226,6 +226,11 @@ def test_retrieval_rank_reranks_the_top_k_with_itm(method):
     torch.testing.assert_close(scores[~reranked], itc[~reranked])
     top_itc = itc.topk(2, dim=1).indices
     assert reranked.gather(1, top_itc).all()  # every image's ITC top-k was re-ranked
+    # k = 0 ranks by ITC alone: the same similarities, nothing re-scored
+    only_itc = model.rank(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], k=0, batch_size=3)
+    torch.testing.assert_close(only_itc, itc)
+    with pytest.raises(ValueError, match="`k` must be an int >= 0"):
+        model.rank(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], k=-1)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -202,3 +202,19 @@ def test_two_process_cpu_run(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_2"]
     assert {p.name for p in folder.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
     assert len(list(folder.glob("model*.safetensors"))) == 1
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_prints_the_table(tmp_path):
+    """`make demo` at toy size: pre-training, zero-shot retrieval by ITC alone and with ITM re-ranking, three
+    fine-tunings, their test evaluations and the table (the numbers of a real run: docs/training.md)."""
+    result = python("demo.py", "--output_dir", str(tmp_path), "--size", "tiny", "--pretrain_steps", "2",
+                    "--finetune_steps", "2", "2", "2", "--batch_size", "4", "--num_train_images", "16",
+                    "--num_test_images", "8")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for row in ("retrieval text->image R@5", "with ITM re-ranking, R@5", "VQA accuracy", "grounding accuracy"):
+        assert row in result.stdout
+    saved = json.loads((tmp_path / "demo_results.json").read_text())["results"]
+    assert set(saved) == {"zero-shot", "zero-shot-itm", "retrieval", "vqa", "grounding"}
+    for name in ("zero-shot", "zero-shot-itm"):  # each ranking keeps its own results file beside the model
+        assert (tmp_path / "pretrained" / f"eval_results_{name}.json").is_file()

@@ -102,7 +102,9 @@ class ImageTextRetrievalMixin(_TaskMixin):
     @torch.no_grad()
     def rank(self, pixel_values, input_ids, attention_mask=None, *, k: int = 16, batch_size: int = 64):
         """Scores [N_images, N_texts]: ITC similarity everywhere, plus 2 + the ITM match probability for each
-        image's top-k texts and each text's top-k images (so re-ranked pairs sort first)."""
+        image's top-k texts and each text's top-k images (so re-ranked pairs sort first). k = 0: ITC alone."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"`k` must be an int >= 0 (0: rank by ITC alone), got {k!r}")
         check_tensor("pixel_values", pixel_values, ndim=4, dtype="float")
         check_tensor("input_ids", input_ids, ndim=2, dtype="int")
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
@@ -111,6 +113,8 @@ class ImageTextRetrievalMixin(_TaskMixin):
         text_embeds = torch.cat([model.encode_text(t, m) for t, m in zip(input_ids.split(batch_size),
                                                                           mask.split(batch_size))])
         sims = model.image_feat(image_embeds) @ model.text_feat(text_embeds).t()  # [I, T]
+        if k == 0:
+            return sims
         k_t, k_i = min(k, sims.shape[1]), min(k, sims.shape[0])
         pairs = {(i, int(t)) for i in range(sims.shape[0]) for t in sims[i].topk(k_t).indices}
         pairs |= {(int(i), t) for t in range(sims.shape[1]) for i in sims[:, t].topk(k_i).indices}
