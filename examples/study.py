@@ -35,7 +35,7 @@ import torch  # noqa: E402
 import vl_models  # noqa: E402
 from vl_models.data import build_shapes  # noqa: E402
 from vl_models.training import probes, read_log, report  # noqa: E402
-from vl_models.training.runner import Timer, load_script, mean_box_baseline, short_run_overrides  # noqa: E402
+from vl_models.training.runner import Timer, load_script, mean_box_baseline  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 FINETUNE_TASKS = ("vqa", "grounding", "nlvr2", "retrieval")
@@ -154,12 +154,10 @@ class Study:
                 "--method", tokenizer_method, "--size", a.size, "--output_dir", str(out / "tokenizer"),
                 "--max_train_steps", str(a.tokenizer_steps), "--eval_steps", "0", *common])
             extra = ["--visual_tokenizer", str(out / "tokenizer")]
-        overrides = short_run_overrides(method, a.size)
         timer.run("pretrain", self.pretrain.main, [
             "--method", method, "--size", a.size, "--output_dir", str(pre_dir), "--max_train_steps",
             str(a.pretrain_steps), "--num_warmup_steps", str(max(1, a.pretrain_steps // 10)), "--eval_steps",
-            str(a.eval_steps), "--eval_max_images", str(a.num_val_images), *common, *extra,
-            *(["--config_overrides", overrides] if overrides else [])])
+            str(a.eval_steps), "--eval_max_images", str(a.num_val_images), *common, *extra])
         model, processor, scorers = probes.load_probe_model(pre_dir)
         result = {"method": method, "seed": seed, "budget": self.budget, "machine": machine(),
                   "objectives": list(spec.objectives), "scorers": list(scorers), "paper": spec.paper,

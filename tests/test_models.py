@@ -253,7 +253,7 @@ def test_retrieval_fine_tunes_at_a_higher_resolution(method):
 
 
 def test_vlmae_student_sees_only_the_visible_patches():
-    model = build("vlmae").train()
+    model = build("vlmae", align_on_masked_image=True).train()  # base and large: one pass over the visible patches
     n = model.config.vision_config.num_patches
     seen = []
     model.vlmae.vision.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
@@ -267,6 +267,25 @@ def test_vlmae_student_sees_only_the_visible_patches():
         assert ("teacher", 1 + n) in seen  # the momentum encoder sees the full image
         assert out.image_mask.sum(1).eq(n - (seen[0] - 1)).all()
         assert out.reconstruction.shape == (4, n - (seen[0] - 1), model.config.vision_config.patch_size**2 * 3)
+
+
+def test_vlmae_aligns_on_the_full_image_when_asked():
+    """The CPU presets' setting: ITC, ITM and MLM read a second student pass over the full image; the decoder
+    still reconstructs from the visible patches."""
+    model = build("vlmae").train()
+    assert model.config.align_on_masked_image is False  # the tiny preset
+    n = model.config.vision_config.num_patches
+    seen = []
+    model.vlmae.vision.register_forward_hook(lambda m, i, o: seen.append(o.shape[1]))
+    model.momentum_model.vision.register_forward_hook(lambda m, i, o: seen.append(("teacher", o.shape[1])))
+    batch = make_batch(model.config)
+    out = model(**batch, generator=torch.Generator().manual_seed(0))
+    visible = 1 + math.ceil((1 - model.config.mask_ratio) * n)
+    assert [s for s in seen if isinstance(s, int)] == [visible, 1 + n]
+    assert out.reconstruction.shape[1] == n - (visible - 1)
+    model.config.align_on_masked_image = True
+    masked = model(**batch, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(out.loss_itc, masked.loss_itc)  # the alignment losses read other features
 
 
 def test_vlmae_collator_image_mask_is_used():

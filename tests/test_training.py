@@ -114,6 +114,9 @@ def test_parse_overrides():
     assert parse_overrides("queue_size=0,text_config.hidden_dropout_prob=0.0,vision_config.qkv_bias=false,x=abc") == {
         "queue_size": 0, "text_config": {"hidden_dropout_prob": 0.0}, "vision_config": {"qkv_bias": False}, "x": "abc"}
     assert parse_overrides(None) == {}
+    # Python's spelling too: a bool field given "False" must not get the truthy string
+    assert parse_overrides("align_on_masked_image=False,a=True,b=None") == {
+        "align_on_masked_image": False, "a": True, "b": None}
     with pytest.raises(SystemExit, match="key=value"):
         parse_overrides("queue_size")
 

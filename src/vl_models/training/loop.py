@@ -100,16 +100,19 @@ def run_config(args: argparse.Namespace, **extra) -> dict:
     return {k: v if isinstance(v, bool | int | float | str) else str(v) for k, v in values.items()}
 
 
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
 def parse_overrides(text: str | None) -> dict:
     """`--config_overrides "queue_size=0,text_config.hidden_dropout_prob=0"` -> nested kwargs (values as JSON
-    when they parse, else strings)."""
+    when they parse, Python's True / False / None as themselves, else strings)."""
     out: dict = {}
     for item in filter(None, (text or "").split(",")):
         if "=" not in item:
             raise SystemExit(f"error: --config_overrides items must be key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
+        try:  # `flag=False` must not become the (truthy) string "False"
+            value = _PYTHON_LITERALS[raw.strip()] if raw.strip() in _PYTHON_LITERALS else json.loads(raw)
         except json.JSONDecodeError:
             value = raw
         *parents, leaf = key.strip().split(".")

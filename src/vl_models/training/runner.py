@@ -2,7 +2,7 @@
 
 `load_script` imports examples/pretrain.py, finetune.py and evaluate.py as modules so their `main(argv)` runs
 in the calling process (the same code `accelerate launch` runs); `Timer` keeps the wall and CPU time of each
-stage; `short_run_overrides` is the config change a run of minutes needs.
+stage. (A run of minutes needs no config overrides: the tiny and small presets are made for it.)
 """
 
 from __future__ import annotations
@@ -12,12 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-# A run of a few hundred updates needs a teacher that keeps up: momentum 0.995 (ALBEF's) averages over ~200
-# updates, the whole run, so the ITC keys would stay at their random initialisation. Dropout only slows a
-# short run down. Each field is set only where the method's config has it.
-SHORT_RUN_FIELDS = {"momentum": 0.95, "text_config.hidden_dropout_prob": 0,
-                    "text_config.attention_probs_dropout_prob": 0}
 
 
 def load_script(path: str | Path):
@@ -53,22 +47,6 @@ class Timer:
         return sum(r[1] for r in rows), sum(r[2] for r in rows)
 
 
-def _has_field(config, dotted: str) -> bool:
-    for part in dotted.split("."):
-        if not hasattr(config, part):
-            return False
-        config = getattr(config, part)
-    return True
-
-
-def short_run_overrides(method: str, size: str = "small") -> str:
-    """`--config_overrides` for a short run of `method`: the `SHORT_RUN_FIELDS` its config has."""
-    import vl_models
-
-    config = vl_models.get_config(method, size)
-    return ",".join(f"{k}={v}" for k, v in SHORT_RUN_FIELDS.items() if _has_field(config, k))
-
-
 def mean_box_baseline(num_train: int, num_test: int, *, seed: int = 0, image_size: int = 64) -> dict:
     """Grounding chance level on Shapes: always predict the mean training box -> {"accuracy", "mean_iou"}."""
     from ..data import build_shapes
@@ -81,4 +59,4 @@ def mean_box_baseline(num_train: int, num_test: int, *, seed: int = 0, image_siz
     return grounding_accuracy(np.repeat(mean[None], len(boxes), 0), boxes)
 
 
-__all__ = ["SHORT_RUN_FIELDS", "Timer", "load_script", "mean_box_baseline", "short_run_overrides"]
+__all__ = ["Timer", "load_script", "mean_box_baseline"]

@@ -14,6 +14,9 @@ from .processing_vlmae import VlmaeProcessor
 
 # decoder sizes per preset (ours; MAE's light decoder is 512-d at base)
 _DECODER = {"tiny": (32, 1, 2), "small": (128, 2, 4), "base": (512, 4, 16), "large": (512, 8, 16)}
+# the CPU presets align on the full image: a quarter of a Shapes image often misses an object its caption names
+# (small, 150 updates: in-batch ITC accuracy 0.086 from the full image, 0.047 from the visible quarter)
+_FULL_IMAGE_ALIGNMENT = {"tiny": {"align_on_masked_image": False}, "small": {"align_on_masked_image": False}}
 
 METHOD = Method(
     name="vlmae",
@@ -28,7 +31,8 @@ METHOD = Method(
         "nlvr2": VlmaeForImagesAndTextClassification,
     },
     presets={
-        size: {"decoder_hidden_size": d, "decoder_num_layers": n, "decoder_num_heads": h, **align_fuse_preset(size)}
+        size: {"decoder_hidden_size": d, "decoder_num_layers": n, "decoder_num_heads": h, **align_fuse_preset(size),
+               **_FULL_IMAGE_ALIGNMENT.get(size, {})}
         for size, (d, n, h) in _DECODER.items()
     },
     objectives=("itc", "itm", "mlm", "rmim", "ifr"),

@@ -82,14 +82,15 @@ class VlmaeForPreTraining(AlignFusePreTrainingMixin, VlmaePreTrainedModel):
         else:
             masking = masking_from_mask(image_mask, num_patches=num_patches, batch_size=pixel_values.shape[0])
         # the student image encoder never sees the masked patches: this is VLMAE's pre-training speed-up
-        image_embeds = self.vlmae.encode_image(pixel_values, ids_keep=masking.ids_keep)  # [B, 1 + n_keep, D]
+        visible = self.vlmae.encode_image(pixel_values, ids_keep=masking.ids_keep)  # [B, 1 + n_keep, D]
+        image_embeds = visible if cfg.align_on_masked_image else self.vlmae.encode_image(pixel_values)
         losses, extras = self.align_fuse_losses(
             image_embeds=image_embeds, pixel_values=pixel_values, input_ids=input_ids,
             attention_mask=attention_mask, mlm_input_ids=mlm_input_ids, mlm_labels=mlm_labels, alpha=alpha,
             generator=generator,
         )
         text = extras["text_embeds"] if cfg.decoder_use_text else None
-        pixels, features = self.decoder(image_embeds, masking.ids_restore, masking.mask, text,
+        pixels, features = self.decoder(visible, masking.ids_restore, masking.mask, text,
                                         attention_mask if cfg.decoder_use_text else None)
         target = patchify(pixel_values, cfg.vision_config.patch_size)  # [B, N, p*p*C]
         losses["loss_rmim"] = masked_patch_mse(pixels, target, masking.mask, norm_pix=cfg.norm_pix_loss)
