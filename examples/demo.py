@@ -28,9 +28,9 @@ from vl_models.training.runner import Timer, load_script, mean_box_baseline  # n
 HERE = Path(__file__).resolve().parent
 GPU = torch.cuda.is_available()
 # (pre-training updates, fine-tuning updates of retrieval / VQA / grounding, batch size, Shapes images); the CPU
-# row is sized for about 9 minutes of CPU time; retrieval gets the most updates, contrastive learning from
-# scratch starts slowest
-STEPS = {"cpu": (120, (300, 150, 100), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
+# row is sized for under 10 minutes on 2 cores; pre-training gets most of it: learning from scratch needs a few
+# hundred updates before zero-shot retrieval and ITM leave chance (docs/methods.md, "Learning from scratch")
+STEPS = {"cpu": (400, (150, 150, 150), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
 TASKS = ("retrieval", "vqa", "grounding")
 
 

@@ -118,12 +118,13 @@ def build_model(args):
     spec = vl_models.get_method(args.method)
     overrides = parse_overrides(args.config_overrides)
     attn = {"attn_implementation": args.attn_implementation}
+    processor = None
     if args.model_name_or_path:
         from transformers import AutoProcessor
 
         model = spec.pretraining_class.from_pretrained(args.model_name_or_path, **attn, **overrides)
-        return model, AutoProcessor.from_pretrained(args.model_name_or_path)
-    if args.text_tower or args.vision_tower:
+        processor = AutoProcessor.from_pretrained(args.model_name_or_path)
+    elif args.text_tower or args.vision_tower:
         preset = merge(tower_preset(args.size), spec.presets.get(args.size, {}))
         kwargs = merge({k: v for k, v in preset.items() if k not in ("vision_config", "text_config")}, overrides)
         model = spec.pretraining_class.from_pretrained_towers(text=args.text_tower, vision=args.vision_tower, **kwargs)
@@ -140,6 +141,8 @@ def build_model(args):
         if not hasattr(model, "set_visual_tokenizer"):
             raise UserError(f"--visual_tokenizer is for vl_beit, not {args.method}")
         model.set_visual_tokenizer(VlBeitVisualTokenizer.from_pretrained(args.visual_tokenizer))
+    if processor is not None:  # the checkpoint's own
+        return model, processor
     tokenizer = args.tokenizer or args.text_tower
     processor = build_processor(spec.processor_class, image_size=model.config.vision_config.image_size,
                                 tokenizer=tokenizer, max_length=args.max_length)

@@ -218,3 +218,30 @@ def test_demo_runs_every_stage_and_prints_the_table(tmp_path):
     assert set(saved) == {"zero-shot", "zero-shot-itm", "retrieval", "vqa", "grounding"}
     for name in ("zero-shot", "zero-shot-itm"):  # each ranking keeps its own results file beside the model
         assert (tmp_path / "pretrained" / f"eval_results_{name}.json").is_file()
+
+
+def test_vilta_second_stage_distils_from_the_first_stage_student(tmp_path, capsys):
+    """ViLTA's documented route to a teacher that knows language: stage 1 with alpha 0 (the small/tiny presets),
+    stage 2 from its folder with --reset_teacher: the frozen teacher starts as stage 1's language encoder and MLM
+    head. --reset_teacher on a method without a teacher exits 2 naming the flag."""
+    from vl_models import ViltaForPreTraining
+
+    pretrain = script("pretrain")
+    stage = ["--method", "vilta", *TINY, "--max_train_steps", "2", "--checkpointing_steps", "0", "--eval_steps", "0"]
+    pretrain.main([*stage, "--output_dir", str(tmp_path / "stage1")])
+    first = ViltaForPreTraining.from_pretrained(tmp_path / "stage1")
+    assert first.config.alpha == 0.0
+    assert not torch.equal(first.teacher.text.embeddings.word_embeddings.weight,
+                           first.vilta.text.embeddings.word_embeddings.weight)  # the student moved on
+    args = pretrain.parse_args([*stage, "--output_dir", str(tmp_path / "stage2"), "--model_name_or_path",
+                                str(tmp_path / "stage1"), "--reset_teacher", "--config_overrides", "alpha=0.4"])
+    second, _ = pretrain.build_model(args)
+    assert second.config.alpha == 0.4
+    students = {**{f"text.{k}": v for k, v in first.vilta.text.state_dict().items()},
+                **{f"mlm_head.{k}": v for k, v in first.mlm_head.state_dict().items()}}
+    assert second.teacher.state_dict().keys() == students.keys()
+    for name, teacher in second.teacher.state_dict().items():
+        assert torch.equal(teacher, students[name]), name
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain.run_cli(pretrain.main, [*PRETRAIN, "--reset_teacher", "--output_dir", str(tmp_path / "x")])
+    assert exit_info.value.code == 2 and "--reset_teacher is for vilta" in capsys.readouterr().err
