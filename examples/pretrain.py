@@ -28,7 +28,7 @@ import torch
 from accelerate.utils import set_seed
 
 import vl_models
-from vl_models.data.collators import PreTrainingCollator, accepts
+from vl_models.data.collators import PreTrainingCollator, WithIndex, accepts
 from vl_models.models.vl_beit import VlBeitVisualTokenizer, tokenizer_config
 from vl_models.presets import SIZES, merge, tower_preset
 from vl_models.processing import build_processor
@@ -61,7 +61,7 @@ from vl_models.training import (
     zero_shot_retrieval,
 )
 from vl_models.training.data import mix_sources, read_text_lines
-from vl_models.training.learning import from_scratch_warnings
+from vl_models.training.learning import describe_signals, from_scratch_warnings, learning_signals
 
 logger = logging.getLogger("pretrain")
 
@@ -230,15 +230,26 @@ def main(argv=None) -> dict:
     val_inputs = retrieval_inputs(data["validation"], processor, args.eval_max_images) \
         if accelerator.is_main_process and len(data["validation"]) and has_itc else None
 
+    # is it learning? feature spread, in-batch ITC, ITM and MLM against chance on held-out pairs (docs/methods.md)
+    val_batch = collator([WithIndex(data["validation"])[i] for i in range(min(64, len(data["validation"])))]) \
+        if accelerator.is_main_process and len(data["validation"]) > 1 and args.method != TOKENIZER_METHOD else None
+
     def evaluate(step: int) -> dict:
         metrics = {}
         if val_inputs is not None:
             with accelerator.autocast():
                 metrics = zero_shot_retrieval(accelerator.unwrap_model(model), val_inputs, accelerator.device)
-            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
             logger.info("update %d: zero-shot retrieval R@1 text->image %.3f image->text %.3f (chance %.3f)",
                         step, metrics["text_to_image_r1"], metrics["image_to_text_r1"],
                         metrics["chance_text_to_image_r1"])
+        if val_batch is not None:
+            with accelerator.autocast():
+                signals = learning_signals(accelerator.unwrap_model(model),
+                                           {k: v.to(accelerator.device) for k, v in val_batch.items()})
+            metrics.update({f"signals/{k}": v for k, v in signals.items()})
+            logger.info("update %d: %s", step, describe_signals(signals))
+        if metrics:
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         accelerator.wait_for_everyone()
         return metrics
 

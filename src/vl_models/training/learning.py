@@ -74,6 +74,22 @@ def _signals(model, batch: dict) -> dict:
     return out
 
 
+def describe_signals(signals: dict) -> str:
+    """One log line: each measure beside its chance level."""
+    parts = []
+    if "itc_accuracy" in signals:
+        parts.append(f"in-batch ITC accuracy {signals['itc_accuracy']:.3f} (chance {signals['chance_itc_accuracy']:.3f})")
+    if "itm_accuracy" in signals:
+        parts.append(f"ITM accuracy {signals['itm_accuracy']:.3f} (chance 0.5)")
+    if "mlm_accuracy" in signals:
+        parts.append(f"MLM accuracy {signals['mlm_accuracy']:.3f} (most frequent token "
+                     f"{signals['mlm_unigram_accuracy']:.3f})")
+    if "image_feature_cosine" in signals:
+        parts.append(f"feature cosine between samples: images {signals['image_feature_cosine']:.3f}, texts "
+                     f"{signals['text_feature_cosine']:.3f} (1 = collapsed)")
+    return "; ".join(parts) or "no learning signals for this model"
+
+
 def from_scratch_warnings(config) -> list[str]:
     """Why `config` may not learn when its towers start from random weights (pre-training from a preset, not from
     pretrained towers or a checkpoint): one message per problem, with the fix."""
@@ -88,4 +104,4 @@ def from_scratch_warnings(config) -> list[str]:
     return problems
 
 
-__all__ = ["from_scratch_warnings", "learning_signals"]
+__all__ = ["describe_signals", "from_scratch_warnings", "learning_signals"]
