@@ -168,6 +168,9 @@ def test_mim_and_mvlm_losses_match_per_position_references():
     ce = [F.cross_entropy(model.mim_head(hidden[b, 1 + n])[None], targets[b, n][None])
           for b in range(4) for n in range(N) if mask[b, n]]
     torch.testing.assert_close(out.loss_mim, torch.stack(ce).mean())
+    hits = model.mim_head(hidden[:, 1:][mask]).argmax(-1) == targets[mask]
+    torch.testing.assert_close(out.mim_accuracy, hits.float().mean())
+    assert not out.mim_accuracy.requires_grad
     # MVLM: the masked caption and masked patches, read from one joint pass
     joint = model.vl_beit.encode_pair(batch["pixel_values"], masked, batch["attention_mask"], bool_masked_pos=mask)
     t = masked.shape[1]
@@ -176,6 +179,12 @@ def test_mim_and_mvlm_losses_match_per_position_references():
                 for b in range(4) for n in range(N) if mask[b, n]]
     torch.testing.assert_close(out.loss_mvlm, text_ce.mean() + torch.stack(image_ce).mean())
     torch.testing.assert_close(out.mlm_logits, model.mlm_head(joint[:, 3]))
+    # accuracies: top-1 at the same positions, detached (the training log averages them)
+    text_hits = model.mlm_head(joint[:, 3]).argmax(-1) == labels[:, 3]
+    image_hits = model.mim_head(joint[:, t + 1:][mask]).argmax(-1) == targets[mask]
+    torch.testing.assert_close(out.mvlm_text_accuracy, text_hits.float().mean())
+    torch.testing.assert_close(out.mvlm_image_accuracy, image_hits.float().mean())
+    assert 0 <= out.mlm_accuracy <= 1 and not out.mlm_accuracy.requires_grad
 
 
 def test_pairs_mask_more_text_than_text_only_rows():

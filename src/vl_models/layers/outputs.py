@@ -42,6 +42,12 @@ class VlPreTrainingOutput(ModelOutput):
     loss_vq: torch.FloatTensor | None = None
     loss_mvlm: torch.FloatTensor | None = None
     itm_accuracy: torch.FloatTensor | None = None
+    # top-1 accuracy at masked text tokens (text-only rows) / masked patches (image-only rows) and, for VL-BEiT's
+    # pairs, at their masked tokens and patches: detached tensors, no host sync
+    mlm_accuracy: torch.FloatTensor | None = None
+    mim_accuracy: torch.FloatTensor | None = None
+    mvlm_text_accuracy: torch.FloatTensor | None = None
+    mvlm_image_accuracy: torch.FloatTensor | None = None
     codebook_perplexity: torch.FloatTensor | None = None
     codebook_usage: torch.FloatTensor | None = None
     itm_logits: torch.FloatTensor | None = None

@@ -102,11 +102,12 @@ class VlBeitForPreTraining(TiedMlmMixin, VlBeitPreTrainedModel):
     def _mlm(self, hidden, labels):
         hidden, labels = select_masked(hidden, labels)  # [M, D], [M]: only masked positions reach the vocabulary
         logits = self.mlm_head(hidden)
-        return masked_cross_entropy(logits, labels), logits
+        return masked_cross_entropy(logits, labels), logits, _accuracy(logits, labels)
 
     def _mim(self, hidden, mask, targets):
         # hidden [B, N, D] patch states (no CLS), mask [B, N], targets [B, N]
-        return masked_cross_entropy(self.mim_head(hidden[mask]), targets[mask])
+        logits, labels = self.mim_head(hidden[mask]), targets[mask]  # [M, K], [M]
+        return masked_cross_entropy(logits, labels), _accuracy(logits, labels)
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, mlm_input_ids=None, mlm_labels=None,
                 bool_masked_pos=None, text_input_ids=None, text_attention_mask=None, text_mlm_input_ids=None,
@@ -134,7 +135,7 @@ class VlBeitForPreTraining(TiedMlmMixin, VlBeitPreTrainedModel):
             ids, labels = mlm_inputs(text["input_ids"], text["mask"], text["mlm_ids"], text["mlm_labels"],
                                      text_config=cfg.text_config, probability=cfg.mlm_probability,
                                      generator=generator, prefix=text["prefix"])
-            losses["loss_mlm"], logits = self._mlm(model.encode_text(ids, text["mask"]), labels)
+            losses["loss_mlm"], logits, fields["mlm_accuracy"] = self._mlm(model.encode_text(ids, text["mask"]), labels)
             if pair is None:
                 fields["mlm_logits"] = logits
         if image is not None:
@@ -144,15 +145,17 @@ class VlBeitForPreTraining(TiedMlmMixin, VlBeitPreTrainedModel):
                 targets = self.mim_targets(image["pixels"])
                 codes.append(targets)
             hidden = model.encode_image(image["pixels"], bool_masked_pos=mask, **interp)[:, 1:]  # [B, N, D]
-            losses["loss_mim"] = self._mim(hidden, mask, targets)
+            losses["loss_mim"], fields["mim_accuracy"] = self._mim(hidden, mask, targets)
             fields["image_mask"] = mask
         if pair is not None:
             length = pair["ids"].shape[1]
             joint = model.encode_pair(pair["pixels"], pair["ids"], pair["mask"], bool_masked_pos=pair["bmp"],
                                       **interp)  # [B, T + 1 + N, D]
-            loss, fields["mlm_logits"] = self._mlm(joint[:, :length], pair["labels"])
+            loss, fields["mlm_logits"], fields["mvlm_text_accuracy"] = self._mlm(joint[:, :length], pair["labels"])
             if pair["bmp"] is not None:
-                loss = loss + self._mim(joint[:, length + 1:], pair["bmp"], pair["targets"])
+                loss_image, fields["mvlm_image_accuracy"] = self._mim(joint[:, length + 1:], pair["bmp"],
+                                                                      pair["targets"])
+                loss = loss + loss_image
                 fields["image_mask"] = pair["bmp"]
             losses["loss_mvlm"] = loss
         if codes:
@@ -160,6 +163,12 @@ class VlBeitForPreTraining(TiedMlmMixin, VlBeitPreTrainedModel):
             fields["codebook_perplexity"], fields["codebook_usage"] = code_statistics(codes, self.mim_head.proj.out_features)
         total = sum(getattr(cfg, f"{name[len('loss_'):]}_weight") * value for name, value in losses.items())
         return VlPreTrainingOutput(loss=total, **losses, **fields)
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 accuracy of logits [M, C] against labels [M] as a detached tensor (no host sync); 0 when M == 0."""
+    hits = (logits.detach().argmax(-1) == labels).float()
+    return hits.sum() / torch.sym_max(labels.shape[0], 1)
 
 
 def _groups(pixel_values, input_ids, attention_mask, mlm_input_ids, mlm_labels, bool_masked_pos, text_input_ids,
