@@ -30,7 +30,7 @@ GPU = torch.cuda.is_available()
 # (pre-training updates, fine-tuning updates of retrieval / VQA / grounding, batch size, Shapes images); the CPU
 # row is sized for under 10 minutes on 2 cores; pre-training gets most of it: learning from scratch needs a few
 # hundred updates before zero-shot retrieval and ITM leave chance (docs/methods.md, "Learning from scratch")
-STEPS = {"cpu": (400, (150, 150, 150), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
+STEPS = {"cpu": (700, (300, 300, 150), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
 TASKS = ("retrieval", "vqa", "grounding")
 
 

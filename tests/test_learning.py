@@ -26,6 +26,15 @@ SIZE = "small"
 HELD_OUT = 128  # test pairs: 128 ITC queries per direction, 256 ITM decisions
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The measured runs are one thread's (on two busy cores a second thread mostly waits at barriers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _pretrain(method: str, updates: int, output_dir: Path, *extra: str):
     pretrain = load_script(ROOT / "examples" / "pretrain.py")
     pretrain.main(["--method", method, "--size", SIZE, "--data", "shapes", "--num_train_images", "1600",
