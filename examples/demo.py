@@ -3,7 +3,7 @@
 Runs examples/pretrain.py, finetune.py and evaluate.py in this one process (the same code `accelerate launch`
 runs), on a GPU when there is one and on the CPU otherwise, prints a table of test-split results beside
 chance level, and leaves every model folder under --output_dir (the pre-trained one is ready to push:
-`model.push_to_hub` / `vl_models.hub`). About 10 CPU-minutes: 7 minutes on a 2-core machine that is not busy
+`model.push_to_hub` / `vl_models.hub`). About 11 CPU-minutes: 8 minutes on a 2-core machine that is not busy
 with other work (docs/training.md has measured times and results).
 """
 
