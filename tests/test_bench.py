@@ -60,9 +60,10 @@ def test_pretrain_step_bench_counts_flops(tmp_path):
                      "checkpointing")
     rows = {(r["method"], r["variant"]): r for r in data["rows"]}
     assert set(rows) == {(m, v) for m in ("albef", "vlmae") for v in ("plain", "checkpointing")}
-    # model FLOPs are the plain step's for every variant; VLMAE's encoder sees a quarter of the patches
+    # model FLOPs are the plain step's for every variant; at small VLMAE aligns on the full image (a second
+    # student pass beside the visible quarter's), so it costs more than ALBEF there; at base it is the cheaper one
     assert rows["albef", "plain"]["gflop_per_step"] == rows["albef", "checkpointing"]["gflop_per_step"]
-    assert rows["vlmae", "plain"]["gflop_per_step"] < rows["albef", "plain"]["gflop_per_step"]
+    assert rows["vlmae", "plain"]["gflop_per_step"] > rows["albef", "plain"]["gflop_per_step"]
     assert all(r["achieved_gflops"] > 0 and r["samples_per_s"] > 0 for r in rows.values())
     assert rows["albef", "plain"]["speedup_vs_albef"] == 1.0
 
@@ -82,7 +83,8 @@ def test_flops_bench_orders_methods(tmp_path):
     rows = run_bench("bench_flops.py", tmp_path / "flops.json", "--sizes", "small", "--batch-size", "2",
                      "--methods", "albef", "vlmae", "vilta")["rows"]
     flops = {r["method"]: r["gflop_per_step"] for r in rows}
-    assert flops["vlmae"] < flops["albef"] < flops["vilta"]  # a quarter of the patches; ViLTA's extra passes
+    # small: VLMAE adds the visible quarter's pass and its decoder to ALBEF's step; ViLTA's extra passes
+    assert flops["albef"] < flops["vlmae"] and flops["albef"] < flops["vilta"]
     assert {r["method"]: r["vs_albef"] for r in rows}["albef"] == 1.0
 
 
