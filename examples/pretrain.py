@@ -230,9 +230,10 @@ def main(argv=None) -> dict:
     val_inputs = retrieval_inputs(data["validation"], processor, args.eval_max_images) \
         if accelerator.is_main_process and len(data["validation"]) and has_itc else None
 
-    # is it learning? feature spread, in-batch ITC, ITM and MLM against chance on held-out pairs (docs/methods.md)
+    # is it learning? feature spread, in-batch ITC, ITM and MLM against chance on held-out pairs (docs/methods.md);
+    # every process runs it, since the pre-training forward gathers ITC features across processes
     val_batch = collator([WithIndex(data["validation"])[i] for i in range(min(64, len(data["validation"])))]) \
-        if accelerator.is_main_process and len(data["validation"]) > 1 and args.method != TOKENIZER_METHOD else None
+        if len(data["validation"]) > 1 and args.method != TOKENIZER_METHOD else None
 
     def evaluate(step: int) -> dict:
         metrics = {}
@@ -246,8 +247,9 @@ def main(argv=None) -> dict:
             with accelerator.autocast():
                 signals = learning_signals(accelerator.unwrap_model(model),
                                            {k: v.to(accelerator.device) for k, v in val_batch.items()})
-            metrics.update({f"signals/{k}": v for k, v in signals.items()})
-            logger.info("update %d: %s", step, describe_signals(signals))
+            if accelerator.is_main_process:
+                metrics.update({f"signals/{k}": v for k, v in signals.items()})
+                logger.info("update %d: %s", step, describe_signals(signals))
         if metrics:
             accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         accelerator.wait_for_everyone()
