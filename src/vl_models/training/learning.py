@@ -50,13 +50,13 @@ def _signals(model, batch: dict) -> dict:
         text_embeds = backbone.encode_text(ids, mask)
         image_feat, text_feat = backbone.image_feat(image_embeds), backbone.text_feat(text_embeds)
         sims = image_feat @ text_feat.t()  # [B, B]
-        target = torch.arange(sims.shape[0])
+        target = torch.arange(sims.shape[0], device=sims.device)
         out["image_feature_cosine"] = _mean_off_diagonal_cosine(image_feat)
         out["text_feature_cosine"] = _mean_off_diagonal_cosine(text_feat)
         out["itc_accuracy"] = float(((sims.argmax(1) == target).float().mean()
                                      + (sims.argmax(0) == target).float().mean()) / 2)
         if hasattr(model, "itm_head") and hasattr(backbone, "fuse"):
-            other = torch.roll(torch.arange(ids.shape[0]), 1)  # every row's caption paired with the next image
+            other = torch.roll(torch.arange(ids.shape[0], device=ids.device), 1)  # each caption with the next image
             images = torch.cat([image_embeds, image_embeds])
             texts, masks = torch.cat([text_embeds, text_embeds[other]]), torch.cat([mask, mask[other]])
             logits = model.itm_head(backbone.fuse(images, texts, masks)[:, 0])  # [2B, 2]
