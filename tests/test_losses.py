@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vl_models.layers.heads import PatchBoxHead, patch_of
 from vl_models.layers.losses import (
     box_cxcywh_to_xyxy,
     box_iou,
@@ -292,3 +293,24 @@ def test_two_rank_contrastive_and_queue_match_one_rank(tmp_path: Path):
     for out in ranks:
         assert torch.equal(out["queue_features"], queue.features)
         assert int(out["queue_ptr"]) == int(queue.ptr)
+
+
+def test_patch_of_is_the_patch_holding_the_box_centre():
+    # a 2 x 3 grid (rows x columns): centres on the last column/row edge stay inside the image
+    boxes = torch.tensor([[0.0, 0.0, 0.1, 0.1], [0.5, 0.25, 0.2, 0.2], [0.99, 0.75, 0.1, 0.1], [1.0, 1.0, 0.1, 0.1],
+                          [0.5, 0.5, 0.1, 0.1]])
+    assert patch_of(boxes, (2, 3)).tolist() == [0, 1, 5, 5, 4]
+
+
+def test_patch_box_head_keeps_each_box_centre_within_one_patch_of_its_own():
+    torch.manual_seed(0)
+    head = PatchBoxHead(8, 6)
+    logits, boxes = head(torch.randn(3, 8) * 10, torch.randn(3, 4 * 5, 6) * 10, (4, 5))  # big inputs: saturated
+    assert logits.shape == (3, 20) and boxes.shape == (3, 20, 4)
+    index = torch.arange(20)
+    col, row = index % 5, index // 5
+    assert ((boxes[..., 0] * 5 - (col + 0.5)).abs() <= 1 + 1e-6).all()
+    assert ((boxes[..., 1] * 4 - (row + 0.5)).abs() <= 1 + 1e-6).all()
+    assert ((boxes >= 0) & (boxes <= 1)).all()
+    with pytest.raises(ValueError, match="must hold 4 x 4 = 16 patches, got 20"):
+        head(torch.randn(3, 8), torch.randn(3, 20, 6), (4, 4))

@@ -211,6 +211,10 @@ def test_downstream_forward_backward(method, task):
         assert out.logits.shape == (b, 7)
     if task == "grounding":
         assert out.pred_boxes.shape == (b, 4) and ((out.pred_boxes >= 0) & (out.pred_boxes <= 1)).all()
+        grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        assert out.patch_logits.shape == (b, grid * grid)
+        # the answer is the box of the most likely patch, and the score that patch's probability
+        assert torch.equal(out.scores, out.patch_logits.softmax(-1).max(-1).values)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -187,10 +187,12 @@ def test_grounding_box_in_image_pixels(method, checkpoints, image, tmp_path):
     pipe = make(GROUNDING, folder)
     text = "the red circle"
     with torch.no_grad():
-        box = pipe.model(**inputs(folder, image, text)).pred_boxes[0]
+        out = pipe.model(**inputs(folder, image, text))
     result = pipe(image, text)
-    assert result["box"] == pytest.approx(_xyxy(box, 56, 40), abs=1e-3)
-    assert result["score"] is None and result["text"] == text
+    assert result["box"] == pytest.approx(_xyxy(out.pred_boxes[0], 56, 40), abs=1e-3)
+    # the score is the chosen patch's probability: the largest in the head's map over the patches
+    assert result["score"] == pytest.approx(out.patch_logits[0].softmax(-1).max().item(), abs=1e-6)
+    assert result["text"] == text
     x0, y0, x1, y1 = result["box"]
     assert 0 <= x0 <= x1 <= 56 and 0 <= y0 <= y1 <= 40
     # the same pixels as a file path, an HWC array and a CHW tensor: the same box in the same coordinates

@@ -78,7 +78,10 @@ class VlClassificationOutput(ModelOutput):
 
 @dataclass
 class VlGroundingOutput(ModelOutput):
-    """pred_boxes [B, 4] normalised (cx, cy, w, h) in [0, 1]."""
+    """pred_boxes [B, 4] normalised (cx, cy, w, h) in [0, 1]; scores [B] the head's confidence in each box;
+    patch_logits [B, N] where the head looks for the object, one logit per image patch (row-major)."""
 
     loss: torch.FloatTensor | None = None
     pred_boxes: torch.FloatTensor | None = None
+    scores: torch.FloatTensor | None = None
+    patch_logits: torch.FloatTensor | None = None

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..utils import check_same_batch, check_tensor
 from .align_fuse import itm_with_hard_negatives
-from .heads import BoxHead, ClassifierHead
+from .heads import ClassifierHead, PatchBoxHead, patch_of
 from .losses import contrastive_loss, grounding_loss, vqa_soft_score_loss
 from .outputs import VlClassificationOutput, VlGroundingOutput, VlRetrievalOutput
 
@@ -147,22 +147,44 @@ class QuestionAnsweringMixin(_TaskMixin):
 
 
 class VisualGroundingMixin(_TaskMixin):
-    """One box per (image, referring expression), regressed from the fused [CLS]; L1 + GIoU loss."""
+    """One box per (image, referring expression): the fused [CLS] picks the patch that holds the object's centre
+    and that patch's box is the answer (`PatchBoxHead`). Loss: cross-entropy on the centre patch + L1 + GIoU on
+    its box. `scores` is the chosen patch's probability, `patch_logits` the map over the image (a heatmap).
+
+    `_grounding_features` gives the pair's pooled feature and its image patches; a backbone whose patches live
+    elsewhere (VL-BEiT's joint pass) overrides it and `_patch_dim`."""
 
     def __init__(self, config):
         super().__init__(config)
         self._build_backbone(config)
-        self.box_head = BoxHead(config.text_config.hidden_size)
+        self.box_head = PatchBoxHead(config.text_config.hidden_size, self._patch_dim(config))
         self.post_init()
+
+    @staticmethod
+    def _patch_dim(config) -> int:
+        return config.vision_config.hidden_size
+
+    def _grounding_features(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False):
+        """(pooled pair feature [B, D], image patches [B, N, Dp]); the patches follow the image's [CLS]."""
+        image_embeds, text_embeds, mask = self._encode_pair(pixel_values, input_ids, attention_mask,
+                                                            interpolate_pos_encoding)
+        return self.base_model.fuse(image_embeds, text_embeds, mask)[:, 0], image_embeds[:, 1:]
 
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, labels=None,
                 interpolate_pos_encoding=False, **kwargs) -> VlGroundingOutput:
-        boxes = self.box_head(self._pooled(pixel_values, input_ids, attention_mask, interpolate_pos_encoding))
+        pooled, patches = self._grounding_features(pixel_values, input_ids, attention_mask, interpolate_pos_encoding)
+        patch = self.config.vision_config.patch_size
+        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+        logits, boxes = self.box_head(pooled, patches, grid)  # [B, N], [B, N, 4]
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        best = logits.argmax(-1)
         loss = None
         if labels is not None:
             check_tensor("labels", labels, ndim=2, dtype="float", last_dim=4)
-            loss = grounding_loss(boxes, labels)
-        return VlGroundingOutput(loss=loss, pred_boxes=boxes)
+            target = patch_of(labels, grid)
+            loss = nn.functional.cross_entropy(logits.float(), target) + grounding_loss(boxes[rows, target], labels)
+        return VlGroundingOutput(loss=loss, pred_boxes=boxes[rows, best], scores=logits.softmax(-1)[rows, best],
+                                 patch_logits=logits)
 
 
 class ImagesAndTextClassificationMixin(_TaskMixin):

@@ -16,10 +16,10 @@ def cxcywh_to_xyxy(box, width: int, height: int) -> list[float]:
 
 
 class VlVisualGroundingPipeline(VlPipeline):
-    """`pipe(image, "the red circle")` -> `{"box": [x0, y0, x1, y1], "score": None, "text": ...}`.
+    """`pipe(image, "the red circle")` -> `{"box": [x0, y0, x1, y1], "score": 0.93, "text": ...}`.
 
     The box is in the input image's pixel coordinates (x to the right, y down). `score` is the head's
-    confidence where it gives one; the grounding heads regress a single box without one, so it is None.
+    confidence: the probability of the patch it chose to hold the object's centre (None for a model without one).
     Lists and dicts work as for the VQA pipeline (`pipe([images], text)`, `pipe({"image", "text"})`)."""
 
     task_name = GROUNDING

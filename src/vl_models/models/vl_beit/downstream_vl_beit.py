@@ -40,7 +40,14 @@ class VlBeitForQuestionAnswering(_JointPassMixin, QuestionAnsweringMixin, VlBeit
 
 
 class VlBeitForVisualGrounding(_JointPassMixin, VisualGroundingMixin, VlBeitPreTrainedModel):
+    """The pooled feature and the patches both come from the joint pass (text first, then the image's [CLS])."""
+
     _backbone_class = VlBeitModel
+
+    def _grounding_features(self, pixel_values, input_ids, attention_mask, interpolate_pos_encoding=False):
+        mask = check_pair(pixel_values, input_ids, attention_mask)
+        joint = self.base_model.fuse(pixel_values, input_ids, mask, interpolate_pos_encoding)  # [B, T + 1 + N, D]
+        return joint[:, 0], joint[:, input_ids.shape[1] + 1:]
 
 
 class VlBeitForImagesAndTextClassification(_JointPassMixin, ImagesAndTextClassificationMixin,
