@@ -56,7 +56,9 @@ def test_micro_study_writes_one_result_per_run(study):
         run = json.loads((folder / "result.json").read_text())
         assert run["method"] == method and run["budget"]["size"] == "tiny"
         assert set(run["scorers"]) == {"itc", "itm"}  # both pre-train ITC and ITM
-        assert {"text_to_image_r1", "image_to_text_r10"} <= set(run["zero_shot"])
+        # zero-shot both ways: ITC alone ranks by similarity, ITM re-ranks the top 16 (of 8: every image)
+        assert {"text_to_image_r1", "image_to_text_r10"} <= set(run["zero_shot"]) & set(run["zero_shot_itc"])
+        assert run["budget"]["itm_k"] == 16
         hard = run["hard_negatives"]
         assert hard["num_comparisons"] > 0 and 0 <= hard["itc"] <= 1 and 0 <= hard["itm"] <= 1
         assert set(hard["itm_by_kind"]) == set(hard["kinds"])
@@ -80,7 +82,8 @@ def test_report_has_the_tables_and_claims(study):
                     "convergence", "Claims against ALBEF", "Learning curves", "Real photos"):
         assert f"### {heading}" in text
     for method in METHODS:
-        assert text.count(f"| {method} |") >= 5  # a row in every per-method table
+        assert text.count(f"| {method} |") >= 6  # a row in every per-method table, two in zero-shot
+        assert f"| {method} | ITC |" in text and f"| {method} | ITM, top 16 |" in text
     assert "VLMAE grounds better than ALBEF: does not hold" in text  # one seed: no spread, so never "holds"
     assert "no spread (1 seed)" in text
     assert "VQ-MIM" not in text and "ViLTA" not in text  # claims of methods that did not run are left out

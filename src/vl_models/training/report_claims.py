@@ -14,7 +14,8 @@ BASELINE = "albef"
 MARGIN_SE = 2.0  # a difference counts when it exceeds this many standard errors of the difference
 
 LABELS = {
-    "zs_t2i_mean": "zero-shot text→image recall (mean of R@1/5/10)",
+    "zs_t2i_mean": "zero-shot text→image recall, ITM re-ranking (mean of R@1/5/10)",
+    "zsc_t2i_mean": "zero-shot text→image recall, ITC alone (mean of R@1/5/10)",
     "hn_itm": "hard-negative accuracy of ITM",
     "hn_itc": "hard-negative accuracy of ITC",
     "vqa": "fine-tuned VQA accuracy",
