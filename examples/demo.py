@@ -30,7 +30,7 @@ GPU = torch.cuda.is_available()
 # (pre-training updates, fine-tuning updates of retrieval / VQA / grounding, batch size, Shapes images); the CPU
 # row is sized for under 10 minutes on 2 cores; pre-training gets most of it: learning from scratch needs a few
 # hundred updates before zero-shot retrieval and ITM leave chance (docs/methods.md, "Learning from scratch")
-STEPS = {"cpu": (700, (300, 300, 150), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
+STEPS = {"cpu": (700, (300, 300, 300), 32, 3000), "gpu": (3000, (1500, 1000, 1000), 64, 20000)}
 TASKS = ("retrieval", "vqa", "grounding")
 
 
@@ -46,7 +46,8 @@ def main() -> None:
     parser.add_argument("--pretrain_steps", type=int, default=pre, help="pre-training updates")
     parser.add_argument("--finetune_steps", type=int, nargs=3, default=fine, metavar=("RETRIEVAL", "VQA", "GROUNDING"),
                         help="fine-tuning updates of each task")
-    parser.add_argument("--finetune_learning_rate", type=float, default=1e-3, help="fine-tuning learning rate")
+    parser.add_argument("--finetune_learning_rate", type=float, default=3e-4,
+                        help="fine-tuning learning rate (the task head's is 10x: finetune.py --head_learning_rate)")
     parser.add_argument("--batch_size", type=int, default=batch, help="batch size of every stage")
     parser.add_argument("--num_train_images", type=int, default=images, help="Shapes training images per task")
     parser.add_argument("--num_test_images", type=int, default=300, help="Shapes validation and test images")

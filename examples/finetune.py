@@ -56,6 +56,10 @@ from vl_models.training import (
 )
 
 logger = logging.getLogger("finetune")
+# the head starts from scratch on top of pre-trained weights: at one learning rate for both, either the head crawls
+# or the backbone forgets (Shapes, VLMAE small, 300 updates: VQA 0.39 at 1e-4, 0.43 at 1e-3, 0.50 at 3e-4 with the
+# head at 3e-3; grounding 0.55 at 1e-3, 0.71 at 3e-4 / 3e-3)
+HEAD_LEARNING_RATE_MULTIPLIER = 10.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,8 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model_name_or_path", required=True, help="pre-trained model folder or Hub id")
     add_data_args(parser)
     add_training_args(parser)
+    parser.add_argument("--head_learning_rate", type=float, default=None,
+                        help=f"peak learning rate of the task head, which starts from scratch (default: "
+                             f"{HEAD_LEARNING_RATE_MULTIPLIER:g} x --learning_rate, as ViLT; docs/training.md)")
     args = parser.parse_args(argv)
     apply_presets(args, FINETUNE_DEFAULTS)
+    if args.head_learning_rate is None:
+        args.head_learning_rate = HEAD_LEARNING_RATE_MULTIPLIER * args.learning_rate
     args.output_dir = Path(args.output_dir or default_output_dir("finetune", args.task))
     return args
 
@@ -102,7 +111,8 @@ def main(argv=None) -> dict:
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     model_class = type(model)
-    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
+    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay,
+                                head_learning_rate=args.head_learning_rate)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     eval_dl = accelerator.prepare(eval_dl) if eval_dl is not None else None
     per_epoch, total = schedule(args, len(train_dl))

@@ -74,7 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--logging_steps", type=int, default=None, help="log the losses every N updates")
     p.add_argument("--tokenizer_steps", type=int, default=None,
                    help="updates of a visual tokenizer trained first for methods that take one (VL-BEiT); 0: none")
-    p.add_argument("--finetune_learning_rate", type=float, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--finetune_learning_rate", type=float, default=3e-4,
+                   help="fine-tuning learning rate (the task head's is 10x: finetune.py --head_learning_rate)")
     p.add_argument("--itm_k", type=int, default=16,
                    help="retrieval: ITM re-ranks each query's top k by ITC (ALBEF's inference: 16); zero-shot "
                         "retrieval is also reported by ITC alone")

@@ -74,6 +74,24 @@ def test_param_groups_split_decay_and_skip_frozen():
         build_optimizer(model, 0.0)
 
 
+def test_head_learning_rate_applies_to_everything_outside_the_backbone():
+    model = vl_models.AlbefForQuestionAnswering(vl_models.get_config("albef", "tiny", num_labels=3))
+    optimizer = build_optimizer(model, 1e-4, 0.05, head_learning_rate=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [(g["lr"], g["weight_decay"], {names[id(p)] for p in g["params"]}) for g in optimizer.param_groups]
+    head = {n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("albef.")}
+    assert head and all(n.startswith("vqa_head.") for n in head)
+    assert [(lr, wd) for lr, wd, _ in groups] == [(1e-4, 0.05), (1e-3, 0.05), (1e-4, 0.0), (1e-3, 0.0)]
+    assert set().union(*(n for lr, _, n in groups if lr == 1e-3)) == head
+    # the split keeps every trainable parameter exactly once, as without it
+    assert sorted(n for *_, ns in groups for n in ns) == sorted(n for n, p in model.named_parameters()
+                                                                if p.requires_grad)
+    with pytest.raises(ValueError, match="head_learning_rate"):
+        build_optimizer(model, 1e-4, head_learning_rate=-1.0)
+    with pytest.raises(ValueError, match="needs a model with a backbone"):
+        build_optimizer(nn.Linear(2, 2), 1e-4, head_learning_rate=1e-3)
+
+
 def test_warmup_cosine_schedule():
     ref = [(s + 1) / 5 for s in range(4)] + [0.5 * (1 + math.cos(math.pi * (s - 4) / 10)) for s in range(4, 15)]
     assert [warmup_cosine(s, 4, 14) for s in range(15)] == pytest.approx(ref)

@@ -39,14 +39,35 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float = 0.02,
-                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW over `param_groups` (ALBEF: lr 1e-4, weight decay 0.02)."""
-    if learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}")
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
+                    head_learning_rate: float | None = None) -> torch.optim.AdamW:
+    """AdamW over `param_groups` (ALBEF: lr 1e-4, weight decay 0.02). `head_learning_rate`: the learning rate of
+    every parameter outside the backbone (`model.base_model`): a task head that starts from scratch can move
+    faster than the pre-trained weights under it (ViLT and METER train their heads at 10x); None: `learning_rate`."""
+    for name, value in (("learning_rate", learning_rate), ("head_learning_rate", head_learning_rate)):
+        if value is not None and value <= 0:
+            raise ValueError(f"`{name}` must be > 0, got {value}")
     if weight_decay < 0:
         raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
-    groups = [{k: v for k, v in g.items() if k != "names"} for g in param_groups(model, weight_decay)]
+    groups = param_groups(model, weight_decay)
+    if head_learning_rate is None:
+        groups = [{k: v for k, v in g.items() if k != "names"} for g in groups]
+    else:
+        prefix = getattr(model, "base_model_prefix", "")
+        if not prefix or not isinstance(getattr(model, prefix, None), nn.Module) or getattr(model, prefix) is model:
+            raise ValueError(f"`head_learning_rate` needs a model with a backbone under `base_model_prefix`; "
+                             f"{type(model).__name__} has none")
+        groups = [part for group in groups for part in _split_head(group, f"{prefix}.", head_learning_rate)]
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+
+
+def _split_head(group: dict, backbone_prefix: str, head_learning_rate: float) -> list[dict]:
+    """One parameter group -> (backbone part, head part at `head_learning_rate`), empty parts left out."""
+    backbone = [p for p, n in zip(group["params"], group["names"]) if n.startswith(backbone_prefix)]
+    head = [p for p, n in zip(group["params"], group["names"]) if not n.startswith(backbone_prefix)]
+    decay = group["weight_decay"]
+    return [g for g in ({"params": backbone, "weight_decay": decay},
+                        {"params": head, "weight_decay": decay, "lr": head_learning_rate}) if g["params"]]
 
 
 def warmup_cosine(step: int, num_warmup_steps: int, num_training_steps: int, min_ratio: float = 0.0) -> float:
