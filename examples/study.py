@@ -156,9 +156,20 @@ class Study:
                 "--method", tokenizer_method, "--size", a.size, "--output_dir", str(out / "tokenizer"),
                 "--max_train_steps", str(a.tokenizer_steps), "--eval_steps", "0", *common])
             extra = ["--visual_tokenizer", str(out / "tokenizer")]
+        steps = a.pretrain_steps
+        if hasattr(spec.pretraining_class, "reset_teacher"):
+            # ViLTA distils from a frozen teacher that must know the captions' language (docs/methods/vilta.md):
+            # the first half of its budget trains one (distillation off), the second half distils from it
+            first, steps = steps // 2, steps - steps // 2
+            timer.run("teacher", self.pretrain.main, [
+                "--method", method, "--size", a.size, "--output_dir", str(out / "teacher"), "--max_train_steps",
+                str(first), "--num_warmup_steps", str(max(1, first // 10)), "--eval_steps", "0", *common])
+            alpha = vl_models.get_config(method, "base").alpha  # the paper's weight (the from-scratch preset's is 0)
+            extra = ["--model_name_or_path", str(out / "teacher"), "--reset_teacher", "--config_overrides",
+                     f"alpha={alpha}"]
         timer.run("pretrain", self.pretrain.main, [
             "--method", method, "--size", a.size, "--output_dir", str(pre_dir), "--max_train_steps",
-            str(a.pretrain_steps), "--num_warmup_steps", str(max(1, a.pretrain_steps // 10)), "--eval_steps",
+            str(steps), "--num_warmup_steps", str(max(1, steps // 10)), "--eval_steps",
             str(a.eval_steps), "--eval_max_images", str(a.num_val_images), *common, *extra])
         model, processor, scorers = probes.load_probe_model(pre_dir)
         result = {"method": method, "seed": seed, "budget": self.budget, "machine": machine(),
@@ -188,8 +199,9 @@ class Study:
                 "--output_file", str(folder / "test_results.json"), *test])[0]
             result["finetune"][task] = {"metrics": record["metrics"], **stage(timer, f"finetune {task}")}
         result["pretrain"] = {**pretrain_log(pre_dir / "logs" / "log.jsonl", a.batch_size),
-                              **stage(timer, "pretrain")}
-        result["tokenizer"] = stage(timer, "tokenizer") if extra else None
+                              **stage(timer, "pretrain", "teacher")}  # a teacher stage is pre-training too
+        result["tokenizer"] = stage(timer, "tokenizer") if "--visual_tokenizer" in extra else None
+        result["teacher"] = stage(timer, "teacher") if "--reset_teacher" in extra else None
         result.update(stages=timer.rows, wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu,
                       loadavg=[load, os.getloadavg()[0]])
         if not a.keep_models:
@@ -199,9 +211,9 @@ class Study:
         return result
 
 
-def stage(timer: Timer, name: str) -> dict:
-    wall, cpu = timer.total(name)
-    return {"wall_s": wall, "cpu_s": cpu}
+def stage(timer: Timer, *names: str) -> dict:
+    totals = [timer.total(name) for name in names]
+    return {"wall_s": sum(t[0] for t in totals), "cpu_s": sum(t[1] for t in totals)}
 
 
 def pretrain_log(path: Path, batch_size: int) -> dict:

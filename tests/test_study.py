@@ -111,6 +111,30 @@ def test_resume_skips_finished_runs_and_report_only_rebuilds(study):
     assert "### Claims against ALBEF" in (out / "docs" / "results.md").read_text()
 
 
+def test_vilta_distils_from_a_teacher_trained_in_the_first_half_of_its_budget(tmp_path):
+    out = tmp_path / "study"
+    module = load_script(ROOT / "examples" / "study.py")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HOME", str(tmp_path / "hf_home"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        summary = module.main(["--budget", "micro", "--methods", "vilta", "--seeds", "0", "--tasks", "vqa",
+                               "--output_dir", str(out), "--report", str(tmp_path / "results.md"),
+                               "--images_dir", str(tmp_path / "images"), "--keep_models"])
+    assert summary["failed"] == []
+    run_dir = out / "runs" / "vilta" / "seed0"
+    run = json.loads((run_dir / "result.json").read_text())
+    assert run["teacher"]["wall_s"] > 0 and run["tokenizer"] is None
+    assert [r["step"] for r in run["pretrain"]["log"]] == [1, 2]  # micro: 4 updates, the second half distils
+    assert json.loads((run_dir / "teacher" / "config.json").read_text())["alpha"] == 0  # the tiny preset's
+    assert json.loads((run_dir / "pretrain" / "config.json").read_text())["alpha"] == 0.4
+    teacher = vl_models.ViltaForPreTraining.from_pretrained(run_dir / "teacher")
+    student = vl_models.ViltaForPreTraining.from_pretrained(run_dir / "pretrain")
+    # the second stage's frozen teacher is the first stage's language encoder, untouched since
+    first = teacher.vilta.text.state_dict()
+    for name, value in student.teacher.text.state_dict().items():
+        assert torch.equal(value, first[name]), name
+
+
 def fake_study(folder: Path, grounding: dict[str, list[float]]) -> Path:
     """A study folder with constructed result.json files (only fine-tuned grounding measured)."""
     budget = {"budget": "cpu", "size": "small", "pretrain_steps": 100, "batch_size": 32, "num_test_images": 100,
