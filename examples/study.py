@@ -181,8 +181,10 @@ class Study:
                                       probes.PHOTO_CAPTIONS)}
         del model
         test = ["--split", "test", "--num_test_images", str(a.num_test_images), "--seed", str(a.eval_seed)]
-        # zero-shot both ways: ITC ranks alone, and ITM re-ranks each query's top k (ALBEF's inference)
-        for key, k, needs in (("zero_shot_itc", 0, "itc"), ("zero_shot", a.itm_k, "itm")):
+        # zero-shot both ways: ITC ranks alone, and ITM re-ranks each query's top k (ALBEF's inference); without
+        # ITC (ViLTA) ITM ranks every pair
+        result["zero_shot_itm_k"] = a.itm_k if "itc" in scorers else a.num_test_images
+        for key, k, needs in (("zero_shot_itc", 0, "itc"), ("zero_shot", result["zero_shot_itm_k"], "itm")):
             result[key] = timer.run(key.replace("_", "-"), self.evaluate.main, [
                 "--model_name_or_path", str(pre_dir), "--task", "retrieval", "--itm_k", str(k),
                 "--output_file", str(out / f"{key}.json"), *test])[0]["metrics"] if needs in scorers else None

@@ -341,6 +341,14 @@ def test_invalid_config_values_fail_when_built(method):
         tiny(method, temperature=0.9)
     with pytest.raises(ConfigError, match="image_size"):
         tiny(method, vision_config={"image_size": 30})
+    # every field's declared type is checked (the config modules must not postpone annotations: strict skips
+    # string annotations), so a flag's "False" is no truthy string in a bool field
+    from huggingface_hub.errors import StrictDataclassFieldValidationError as FieldError
+
+    with pytest.raises(FieldError, match="expected bool, got str"):
+        tiny(method, tie_word_embeddings="False")
+    with pytest.raises(FieldError, match="expected bool, got str"):
+        tiny(method, vision_config={"qkv_bias": "False"})
     if method == "vlmae":
         with pytest.raises(ConfigError, match="mask_ratio"):
             tiny(method, mask_ratio=1.0)

@@ -124,6 +124,9 @@ def test_vilta_distils_from_a_teacher_trained_in_the_first_half_of_its_budget(tm
     run_dir = out / "runs" / "vilta" / "seed0"
     run = json.loads((run_dir / "result.json").read_text())
     assert run["teacher"]["wall_s"] > 0 and run["tokenizer"] is None
+    # ViLTA pre-trains ITM without ITC: no ITC ranking, and its ITM ranks every test pair
+    assert run["zero_shot_itc"] is None and run["zero_shot_itm_k"] == 8 and run["zero_shot"]["text_to_image_r1"] >= 0
+    assert "| vilta | ITM, every pair |" in (tmp_path / "results.md").read_text()
     assert [r["step"] for r in run["pretrain"]["log"]] == [1, 2]  # micro: 4 updates, the second half distils
     assert json.loads((run_dir / "teacher" / "config.json").read_text())["alpha"] == 0  # the tiny preset's
     assert json.loads((run_dir / "pretrain" / "config.json").read_text())["alpha"] == 0.4

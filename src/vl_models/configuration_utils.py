@@ -4,8 +4,6 @@ Configs are transformers 5 typed dataclasses. Invalid values fail when the confi
 (`validate_*` methods run by `@strict`), never later inside a forward pass.
 """
 
-from __future__ import annotations
-
 import math
 
 from huggingface_hub.dataclasses import strict

@@ -1,7 +1,5 @@
 """ALBEF configuration (Li et al., 2021, "Align before Fuse", arXiv 2107.07651)."""
 
-from __future__ import annotations
-
 from huggingface_hub.dataclasses import strict
 
 from ...configuration_utils import AlignFuseConfig

@@ -1,8 +1,6 @@
 """ViLTA configuration (Wang et al., ICCV 2023, "ViLTA: Enhancing Vision-Language Pre-training through Textual
 Augmentation", arXiv 2308.16689)."""
 
-from __future__ import annotations
-
 from huggingface_hub.dataclasses import strict
 
 from ...configuration_utils import TextTowerConfig, VisionTowerConfig, VlPreTrainedConfig

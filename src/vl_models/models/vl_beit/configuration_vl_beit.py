@@ -1,8 +1,6 @@
 """VL-BEiT configuration (Bao, Wang et al., 2022, "VL-BEiT: Generative Vision-Language Pretraining",
 arXiv 2206.01127) and the configuration of its visual tokenizer (BEiT v2's VQ-KD shape)."""
 
-from __future__ import annotations
-
 from huggingface_hub.dataclasses import strict
 
 from ...configuration_utils import (

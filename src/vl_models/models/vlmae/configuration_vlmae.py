@@ -1,7 +1,5 @@
 """VLMAE configuration (He et al., 2022, "VLMAE: Vision-Language Masked Autoencoder", arXiv 2208.09374)."""
 
-from __future__ import annotations
-
 from huggingface_hub.dataclasses import strict
 
 from ...configuration_utils import AlignFuseConfig, _check_heads

@@ -1,8 +1,6 @@
 """VQ-MIM configuration (Guo et al., 2022, "Augmenting Vision Language Pretraining by Learning Codebook with
 Visual Semantics", arXiv 2208.00475)."""
 
-from __future__ import annotations
-
 from huggingface_hub.dataclasses import strict
 
 from ...configuration_utils import AlignFuseConfig, check_codebook_fields
