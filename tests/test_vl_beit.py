@@ -222,6 +222,23 @@ def test_tokenizer_codes_are_deterministic_and_it_trains_on_its_own(tmp_path):
     assert torch.equal(loaded.get_codebook_indices(pixels), tokenizer.get_codebook_indices(pixels))
 
 
+def test_a_frozen_encoder_tokenizer_learns_only_its_codebook():
+    """freeze_encoder: the codes are an online k-means of the random encoder's features (BEST-RQ's quantizer)."""
+    torch.manual_seed(0)
+    tokenizer = VlBeitVisualTokenizer(tokenizer_config("tiny", freeze_encoder=True)).train()
+    encoder = {n: p.clone() for n, p in tokenizer.named_parameters() if n.startswith(("encoder.", "encode_task."))}
+    assert encoder and not any(tokenizer.get_parameter(n).requires_grad for n in encoder)
+    optimizer = torch.optim.AdamW([p for p in tokenizer.parameters() if p.requires_grad], lr=1e-2)
+    codes = tokenizer.quantizer.codes().clone()
+    for step in range(3):
+        out = tokenizer(pixel_values=torch.randn(4, 3, 32, 32), generator=gen(step))
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(tokenizer.get_parameter(n), value) for n, value in encoder.items())
+    assert not torch.equal(tokenizer.quantizer.codes(), codes)  # k-means init, then EMA updates
+
+
 def test_tokenizer_reconstructs_teacher_features():
     config = tokenizer_config("tiny", reconstruction_target="features", teacher_dim=12)
     tokenizer = VlBeitVisualTokenizer(config).train()

@@ -41,6 +41,10 @@ class VlBeitTokenizerConfig(VlPreTrainedConfig):
     decoder_layers: int = 3
     reconstruction_target: str = "pixels"  # "pixels" (normalised patch pixels) or "features" (a teacher's)
     teacher_dim: int | None = None  # width of the teacher features when reconstruction_target == "features"
+    # True: the encoder keeps its random initialisation and only the codebook learns, an online k-means of random
+    # patch features (a random-projection quantizer, BEST-RQ, Chiu et al. 2022). OURS at tiny/small: on Shapes a
+    # trained encoder collapses the object patches onto the background's code (docs/methods/vl_beit.md)
+    freeze_encoder: bool = False
     initializer_range: float = 0.02
 
     def validate_tokenizer(self):

@@ -72,6 +72,9 @@ class VlBeitVisualTokenizer(VlPreTrainedModel):
             vision.patch_size**2 * vision.num_channels
         self.decode_task = _task_layer(width, width, target_dim)
         self.post_init()
+        if config.freeze_encoder:  # the codes are a k-means of random features; the decoder only reports on them
+            self.encoder.requires_grad_(False)
+            self.encode_task.requires_grad_(False)
 
     @property
     def num_codes(self) -> int:
