@@ -34,7 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
-# the quality study (docs/study.md): every method on Shapes (cpu budget: 1 seed), regenerating docs/results.md
+# the quality study (docs/study.md): every method x 2 seeds on Shapes, regenerating docs/results.md
 results: $(STAMP)
 	rm -rf outputs/study-cpu docs/images/results
 	$(BIN)/python examples/study.py --budget cpu $(if $(wildcard outputs/study-gpu/study.json),--include outputs/study-gpu)
