@@ -186,16 +186,21 @@ def _summary(agg, methods) -> list[str]:
             table(["measure", "best", "value", "runner-up", "value", "ahead beyond the seed spread?"], rows), ""]
 
 
+def _itm_ranker(k, num_test) -> str:
+    if k is None:  # a study from before zero-shot was reported both ways
+        return "ITM"
+    return "ITM, every pair" if k == num_test else f"ITM, top {k:.0f}"
+
+
 def _tables(agg, methods, study, budget) -> list[str]:
     n = budget.get("num_test_images")
     k = budget.get("itm_k")
     itm_k = {m: (agg[m].get("zs_itm_k") or (k,))[0] for m in methods}
     zs_rows = [[m, ranker, *(fmt(agg[m][f"{prefix}_{key}"]) for key in ZS_KEYS)] for m in methods
-               for prefix, ranker in (("zsc", "ITC"), ("zs", "ITM, every pair" if itm_k[m] == n else
-                                                         f"ITM, top {itm_k[m]:.0f}"))]
+               for prefix, ranker in (("zsc", "ITC"), ("zs", _itm_ranker(itm_k[m], n)))]
     out = ["### Zero-shot retrieval (Shapes test split)", "",
            f"ITC ranks every pair by itself, and ITM re-ranks each query's top {k} by ITC (ALBEF's inference); a "
-           "method that pre-trains ITM without ITC (ViLTA) ranks every pair by ITM. A method that pre-trains neither "
+           "method that pre-trains ITM without ITC ranks every pair by ITM. A method that pre-trains neither "
            "(—) has no zero-shot retrieval.", "",
            table(["method", "ranked by", "T→I R@1", "T→I R@5", "T→I R@10", "I→T R@1", "I→T R@5", "I→T R@10"],
                  zs_rows),
