@@ -152,7 +152,7 @@ class VisualGroundingMixin(_TaskMixin):
     its box. `scores` is the chosen patch's probability, `patch_logits` the map over the image (a heatmap).
 
     `_grounding_features` gives the pair's pooled feature and its image patches; a backbone whose patches live
-    elsewhere (VL-BEiT's joint pass) overrides it and `_patch_dim`."""
+    elsewhere (VL-BEiT's joint pass) overrides it, and `_patch_dim` where their width is not the vision tower's."""
 
     def __init__(self, config):
         super().__init__(config)
