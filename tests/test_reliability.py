@@ -243,6 +243,16 @@ def test_invalid_config_values_fail_when_built(overrides, message):
             vl_models.get_config(method, "tiny", **overrides)
 
 
+def test_float_fields_take_ints_and_refuse_bools():
+    # `--config_overrides itm_weight=3` parses 3 as an int; transformers' own configs declare such fields
+    # `float | int` too. A bool is no number here, although Python's bool is an int.
+    for method in ("albef", "vilta", "vq_mim", "vlmae"):
+        config = vl_models.get_config(method, "tiny", alpha=0, itm_weight=3, vision_config={"drop_path_rate": 0})
+        assert (config.alpha, config.itm_weight, config.vision_config.drop_path_rate) == (0, 3, 0)
+        with pytest.raises(FieldError, match="Field 'itm_weight' expected float, got bool"):
+            vl_models.get_config(method, "tiny", itm_weight=True)
+
+
 def test_loading_another_methods_checkpoint_is_refused(tmp_path):
     vl_models.AlbefForPreTraining(vl_models.get_config("albef", "tiny")).save_pretrained(tmp_path)
     for cls in (vl_models.VlmaeForPreTraining, vl_models.VqMimForPreTraining):

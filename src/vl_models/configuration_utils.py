@@ -98,13 +98,13 @@ class VisionTowerConfig(PreTrainedConfig):
     num_attention_heads: int = 12
     intermediate_size: int = 3072
     hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-6
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    drop_path_rate: float = 0.0  # stochastic depth, linearly increasing with depth
+    layer_norm_eps: float | int = 1e-6
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    drop_path_rate: float | int = 0.0  # stochastic depth, linearly increasing with depth
     qkv_bias: bool = True
     use_mask_token: bool = False  # a learned [MASK] patch embedding (BEiT-style masked image modeling)
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
 
     def validate_architecture(self):
         _check_tower("vision_config", self, 1)
@@ -142,15 +142,15 @@ class TextTowerConfig(PreTrainedConfig):
     hidden_act: str = "gelu"
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float | int = 1e-12
+    hidden_dropout_prob: float | int = 0.1
+    attention_probs_dropout_prob: float | int = 0.1
     # special token ids, so the model can mask text itself (defaults: BERT's uncased vocabulary)
     pad_token_id: int | None = 0
     cls_token_id: int = 101
     sep_token_id: int = 102
     mask_token_id: int = 103
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
 
     def validate_architecture(self):
         _check_tower("text_config", self, 0)
@@ -187,18 +187,18 @@ class AlignFuseConfig(VlPreTrainedConfig):
     text_config: dict | TextTowerConfig | None = None
     tie_word_embeddings: bool = True  # the MLM decoder's weight is the text word embeddings (BERT, ALBEF)
     embed_dim: int = 256  # ITC projection size
-    temperature: float = 0.07  # learnable, clamped to [0.001, 0.5] at every forward
+    temperature: float | int = 0.07  # learnable, clamped to [0.001, 0.5] at every forward
     queue_size: int = 65536  # momentum feature queue for ITC; 0 disables queues (in-batch negatives only)
-    momentum: float = 0.995  # EMA of the momentum (teacher) encoders
-    alpha: float = 0.4  # weight of momentum-distilled soft targets (ITC and MLM); the trainer may ramp it
-    mlm_probability: float = 0.15
+    momentum: float | int = 0.995  # EMA of the momentum (teacher) encoders
+    alpha: float | int = 0.4  # weight of momentum-distilled soft targets (ITC and MLM); the trainer may ramp it
+    mlm_probability: float | int = 0.15
     # share of ITM negatives drawn uniformly from the batch instead of by ITC similarity (0: ALBEF's hard
     # negatives; ours: 0.5 at the tiny and small presets, which train from scratch)
-    itm_uniform_negatives: float = 0.0
-    itc_weight: float = 1.0
-    itm_weight: float = 1.0
-    mlm_weight: float = 1.0
-    initializer_range: float = 0.02
+    itm_uniform_negatives: float | int = 0.0
+    itc_weight: float | int = 1.0
+    itm_weight: float | int = 1.0
+    mlm_weight: float | int = 1.0
+    initializer_range: float | int = 0.02
 
     def validate_objectives(self):
         for name in ("temperature", "momentum", "alpha", "mlm_probability", "itm_uniform_negatives"):

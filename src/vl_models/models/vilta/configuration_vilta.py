@@ -43,21 +43,21 @@ class ViltaConfig(VlPreTrainedConfig):
     text_config: dict | TextTowerConfig | None = None
     tie_word_embeddings: bool = True  # the MLM decoder's weight is the text word embeddings (BERT, ALBEF)
     embed_dim: int = 256  # ITC projection size (retrieval)
-    temperature: float = 0.07  # ITC temperature, learnable, clamped to [0.001, 0.5]
+    temperature: float | int = 0.07  # ITC temperature, learnable, clamped to [0.001, 0.5]
     queue_size: int = 0
-    mlm_probability: float = 0.15
-    alpha: float = 0.4  # weight of the frozen teacher's soft labels in the MLM loss
-    soft_label_temperature: float = 1.0
+    mlm_probability: float | int = 0.15
+    alpha: float | int = 0.4  # weight of the frozen teacher's soft labels in the MLM loss
+    soft_label_temperature: float | int = 1.0
     soft_label_top_k: int | None = None
-    synthetic_mask_ratio: float = 0.15
+    synthetic_mask_ratio: float | int = 0.15
     synthetic_top_k: int | None = 10
-    synthetic_temperature: float = 1.0
-    itm_inbatch_ratio: float = 1.0
-    itm_synthetic_ratio: float = 1.0
-    itc_weight: float = 0.0
-    itm_weight: float = 1.0
-    mlm_weight: float = 1.0
-    initializer_range: float = 0.02
+    synthetic_temperature: float | int = 1.0
+    itm_inbatch_ratio: float | int = 1.0
+    itm_synthetic_ratio: float | int = 1.0
+    itc_weight: float | int = 0.0
+    itm_weight: float | int = 1.0
+    mlm_weight: float | int = 1.0
+    initializer_range: float | int = 0.02
 
     def validate_objectives(self):
         check_range("temperature", self.temperature, 0.001, 0.5, high_inclusive=True)

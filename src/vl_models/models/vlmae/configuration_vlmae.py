@@ -30,7 +30,7 @@ class VlmaeConfig(AlignFuseConfig):
 
     model_type = "vlmae"
 
-    mask_ratio: float = 0.75
+    mask_ratio: float | int = 0.75
     align_on_masked_image: bool = True
     decoder_hidden_size: int = 512
     decoder_num_layers: int = 4
@@ -38,8 +38,8 @@ class VlmaeConfig(AlignFuseConfig):
     decoder_use_text: bool = True
     norm_pix_loss: bool = True
     ifr_loss: str = "cosine"
-    rmim_weight: float = 1.0
-    ifr_weight: float = 1.0
+    rmim_weight: float | int = 1.0
+    ifr_weight: float | int = 1.0
 
     def validate_vlmae(self):
         check_range("mask_ratio", self.mask_ratio, 0.0, 1.0)

@@ -39,18 +39,18 @@ class VqMimConfig(AlignFuseConfig):
 
     num_codes: int = 8192
     code_dim: int = 32
-    codebook_decay: float | None = 0.99
-    commitment_weight: float = 0.25
+    codebook_decay: float | int | None = 0.99
+    commitment_weight: float | int = 0.25
     cosine_codes: bool = True
     kmeans_init: bool = True
     dead_code_after: int | None = 100
     vq_reconstruction: str = "cosine"
     freeze_codebook: bool = False
-    mim_mask_ratio: float = 0.4
+    mim_mask_ratio: float | int = 0.4
     mim_fusion_layers: int = 2
     align_on_masked_image: bool = False
-    mim_weight: float = 1.0
-    vq_weight: float = 1.0
+    mim_weight: float | int = 1.0
+    vq_weight: float | int = 1.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
