@@ -3,9 +3,9 @@ then `learning_signals` on held-out pairs, far from what a model that learned no
 
 Each test fails on the code before the learning fixes (docs/methods.md, "Learning from scratch"): with the feature
 queue the image features stayed collapsed (mean cosine between different images 1.000) and in-batch ITC sat at
-chance; ITM never left its class prior. Runs of 250-400 updates: between one and three minutes each on two cores,
-the shortest at which every measure is clear of chance with a margin that float rounding on another CPU cannot
-close.
+chance; ITM never left its class prior (and at BERT's initialisation scale it still sat there after 250 updates).
+Runs of 250-400 updates: between one and three minutes each on two cores, the shortest at which every measure is
+clear of chance with a margin that float rounding on another CPU cannot close.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def test_align_fuse_methods_learn_itc_and_mlm_from_scratch(method, updates, tmp_
     assert signals["image_feature_cosine"] < 0.8, signals  # 0.996 at initialisation, 1.000 with the queue
     assert signals["text_feature_cosine"] < 0.97, signals  # 1.000 at initialisation
     assert signals["itc_accuracy"] > 5 * signals["chance_itc_accuracy"], signals
+    # ITM left its prior: at BERT's init (std 0.02) it was still at chance here (presets.FROM_SCRATCH_INIT)
+    assert signals["itm_accuracy"] > signals["chance_itm_accuracy"] + 0.05, signals
     _assert_mlm_learned(signals)
 
 
@@ -74,7 +76,8 @@ def test_align_fuse_methods_learn_itc_and_mlm_from_scratch(method, updates, tmp_
 def test_vilta_learns_itm_and_mlm_from_scratch(tmp_path):
     signals = _held_out_signals(*_pretrain("vilta", 400, tmp_path))
     print("vilta", signals)
-    assert signals["itm_accuracy"] > signals["chance_itm_accuracy"] + 0.05, signals
+    # 0.83 measured; 0.60 at BERT's init (std 0.02), before presets.FROM_SCRATCH_INIT
+    assert signals["itm_accuracy"] > signals["chance_itm_accuracy"] + 0.2, signals
     _assert_mlm_learned(signals)
 
 

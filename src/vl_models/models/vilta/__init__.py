@@ -1,3 +1,4 @@
+from ...presets import FROM_SCRATCH_INIT
 from ...registry import Method
 from .configuration_vilta import ViltaConfig
 from .modeling_vilta import (
@@ -16,10 +17,11 @@ from .processing_vilta import ViltaProcessor
 # ViLTA keeps no feature queue; base/large: a full language encoder (BERT-base / -large depth) and METER's 6
 # co-attention layers (ours; the paper's sizes are unverified)
 # tiny and small start from scratch, where the frozen teacher would be an untrained network giving uniform soft
-# labels: no distillation (alpha 0) until a teacher that knows language is set (docs/methods/vilta.md)
+# labels: no distillation (alpha 0) until a teacher that knows language is set (docs/methods/vilta.md); and the
+# from-scratch init of the fusion family (presets.FROM_SCRATCH_INIT)
 _PRESETS = {
-    "tiny": {"queue_size": 0, "alpha": 0.0},
-    "small": {"queue_size": 0, "alpha": 0.0},
+    "tiny": {"queue_size": 0, "alpha": 0.0, **FROM_SCRATCH_INIT},
+    "small": {"queue_size": 0, "alpha": 0.0, **FROM_SCRATCH_INIT},
     "base": {"queue_size": 0, "text_config": {"num_hidden_layers": 12, "num_fusion_layers": 6}},
     "large": {"queue_size": 0, "text_config": {"num_hidden_layers": 24, "num_fusion_layers": 6}},
 }
