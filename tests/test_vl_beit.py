@@ -222,10 +222,11 @@ def test_tokenizer_codes_are_deterministic_and_it_trains_on_its_own(tmp_path):
     assert torch.equal(loaded.get_codebook_indices(pixels), tokenizer.get_codebook_indices(pixels))
 
 
-def test_a_frozen_encoder_tokenizer_learns_only_its_codebook():
+@pytest.mark.parametrize("encoder", ["vit", "patch"])
+def test_a_frozen_encoder_tokenizer_learns_only_its_codebook(encoder):
     """freeze_encoder: the codes are an online k-means of the random encoder's features (BEST-RQ's quantizer)."""
     torch.manual_seed(0)
-    tokenizer = VlBeitVisualTokenizer(tokenizer_config("tiny", freeze_encoder=True)).train()
+    tokenizer = VlBeitVisualTokenizer(tokenizer_config("tiny", freeze_encoder=True, encoder=encoder)).train()
     encoder = {n: p.clone() for n, p in tokenizer.named_parameters() if n.startswith(("encoder.", "encode_task."))}
     assert encoder and not any(tokenizer.get_parameter(n).requires_grad for n in encoder)
     optimizer = torch.optim.AdamW([p for p in tokenizer.parameters() if p.requires_grad], lr=1e-2)
@@ -237,6 +238,55 @@ def test_a_frozen_encoder_tokenizer_learns_only_its_codebook():
         optimizer.zero_grad()
     assert all(torch.equal(tokenizer.get_parameter(n), value) for n, value in encoder.items())
     assert not torch.equal(tokenizer.quantizer.codes(), codes)  # k-means init, then EMA updates
+
+
+def test_the_patch_local_tokenizer_codes_a_patch_by_its_own_pixels_wherever_it_is():
+    torch.manual_seed(0)
+    tokenizer = VlBeitVisualTokenizer(tokenizer_config("tiny", encoder="patch", freeze_encoder=True)).eval()
+    assert not any(k.startswith("encoder.") and "pos" in k for k in tokenizer.state_dict())
+    pixels = torch.randn(3, 3, 32, 32)
+    pixels[:, :, 8:16, 0:8] = pixels[:, :, 24:32, 16:24]  # patch 4 (row 1, col 0) = patch 14 (row 3, col 2)
+    pixels[1, :, 0:8, 8:16] = pixels[0, :, 16:24, 24:32]  # image 1's patch 1 = image 0's patch 11
+    codes = tokenizer.get_codebook_indices(pixels)  # [3, N]
+    assert torch.equal(codes[:, 4], codes[:, 14]) and codes[1, 1] == codes[0, 11]
+    other = pixels.clone()
+    other[:, :, 0:8, 0:8] = torch.randn(3, 3, 8, 8)  # a change in one patch leaves the other patches' codes alone
+    assert torch.equal(tokenizer.get_codebook_indices(other)[:, 1:], codes[:, 1:])
+    with pytest.raises(ValueError, match="pixel_values"):
+        tokenizer.get_codebook_indices(torch.randn(2, 3, 64, 64))
+
+
+def test_the_patch_local_tokenizer_gives_a_repeated_patch_one_code_that_survives_noise(tmp_path):
+    """Shapes-like batches: mostly identical black patches. The codebook's k-means init counts each distinct
+    patch once, so no two codes sit on the background and its code does not flip with pixel noise."""
+    torch.manual_seed(0)
+    tokenizer = VlBeitVisualTokenizer(tokenizer_config("tiny", encoder="patch", freeze_encoder=True)).train()
+    pixels = torch.full((8, 3, 32, 32), -2.0)
+    for i in range(8):  # a coloured square per image, at varying places and colours
+        pixels[i, i % 3, 4 * (i % 4):4 * (i % 4) + 9, 2 * i:2 * i + 9] = 2.0
+    out = tokenizer(pixel_values=pixels, generator=gen())
+    out.loss.backward()
+    codes = tokenizer.quantizer.codes()
+    assert torch.cdist(codes, codes).add(torch.eye(len(codes)) * 9).min() > 1e-3  # no two codes coincide
+    tokenizer.eval()
+    first = tokenizer.get_codebook_indices(pixels)
+    background = first[0, -1]
+    assert (first == background).sum() > N * 8 // 2 and (first[:, 0] != background).any()
+    noisy = pixels + 0.01 * torch.randn(pixels.shape, generator=gen(1))
+    assert torch.equal(tokenizer.get_codebook_indices(noisy), first)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is VlBeitVisualTokenizer and loaded.config.encoder == "patch"
+    assert type(loaded.encoder) is type(tokenizer.encoder)
+    assert torch.equal(loaded.get_codebook_indices(pixels), first)
+
+
+def test_tokenizer_config_refuses_an_unknown_encoder():
+    with pytest.raises(ConfigError, match=r"`encoder` must be one of \['vit', 'patch'\], got 'cnn'"):
+        tokenizer_config("tiny", encoder="cnn")
+    with pytest.raises(ConfigError, match="encoder"):
+        tiny(tokenizer_config={"encoder": "conv"})
+    assert tokenizer_config("base").encoder == "vit"
 
 
 def test_tokenizer_reconstructs_teacher_features():

@@ -12,6 +12,7 @@ from ...configuration_utils import (
 from ...utils import check_range
 
 RECONSTRUCTION_TARGETS = ("pixels", "features")
+TOKENIZER_ENCODERS = ("vit", "patch")
 
 
 @strict
@@ -24,6 +25,15 @@ class VlBeitTokenizerConfig(VlPreTrainedConfig):
     default target is "pixels" (normalised patch pixels, MSE), because no teacher can be downloaded here; pass
     `teacher_features` to `forward` with `reconstruction_target="features"` and `teacher_dim` for VQ-KD proper.
     `dead_code_after` None (never restart codes; BEiT v2 does not) and the decoder's width equals the encoder's.
+
+    `encoder` (OURS): "vit" (BEiT v2: a ViT of `vision_config`'s shape, every preset) or "patch", a patch-local
+    encoder (`VlBeitPatchEncoder`): each raw pixel through one linear map `vision_config.hidden_size` wide, then
+    the maximum over the patch's pixels; no attention across patches and no position embeddings, so a patch's code
+    depends on its own pixels only (the same content gets the same code wherever it is). It reads only
+    `image_size`, `patch_size`, `num_channels` and `hidden_size` of `vision_config`; with it the codebook's k-means
+    init counts each distinct patch once. The decoder is the same either way. On Shapes it keeps the object patches
+    off the background's code with stable codes, but MIM's accuracy still does not beat the unigram baseline
+    (docs/methods/vl_beit.md, "Does it learn?"), so no preset uses it.
     """
 
     model_type = "vl_beit_tokenizer"
@@ -39,16 +49,20 @@ class VlBeitTokenizerConfig(VlPreTrainedConfig):
     kmeans_init: bool = True
     dead_code_after: int | None = None
     decoder_layers: int = 3
-    reconstruction_target: str = "pixels"  # "pixels" (normalised patch pixels) or "features" (a teacher's)
+    reconstruction_target: str = "pixels"  # "pixels" (patch pixels) or "features" (a teacher's)
     teacher_dim: int | None = None  # width of the teacher features when reconstruction_target == "features"
+    norm_pix_loss: bool = True  # reconstruct each patch normalised by its own mean and std (MAE); False: raw pixels
+    encoder: str = "vit"  # "vit" or "patch" (patch-local, see above)
     # True: the encoder keeps its random initialisation and only the codebook learns, an online k-means of random
-    # patch features (a random-projection quantizer, BEST-RQ, Chiu et al. 2022). OURS at tiny/small: on Shapes a
-    # trained encoder collapses the object patches onto the background's code (docs/methods/vl_beit.md)
+    # patch features (a random-projection quantizer, BEST-RQ, Chiu et al. 2022). An option (no preset): on Shapes a
+    # trained ViT encoder collapses the object patches onto the background's code (docs/methods/vl_beit.md)
     freeze_encoder: bool = False
     initializer_range: float = 0.02
 
     def validate_tokenizer(self):
         check_codebook_fields(self)
+        if self.encoder not in TOKENIZER_ENCODERS:
+            raise ValueError(f"`encoder` must be one of {list(TOKENIZER_ENCODERS)}, got {self.encoder!r}")
         if self.decoder_layers < 0:
             raise ValueError(f"`decoder_layers` must be >= 0, got {self.decoder_layers}")
         if self.reconstruction_target not in RECONSTRUCTION_TARGETS:
