@@ -2,11 +2,14 @@
 measure masked-prediction accuracy on held-out captions and images against the unigram baseline.
 
     python bench/learning_vl_beit.py --size tiny --tokenizer_steps 100 --steps 400
-    python bench/learning_vl_beit.py --size small --tokenizer_steps 100 --steps 300 --no_tokenizer
+    python bench/learning_vl_beit.py --size small --tokenizer_steps 100 --steps 300
+    python bench/learning_vl_beit.py --size tiny --tokenizer_overrides '{"encoder": "patch", "freeze_encoder": true}'
 
 The unigram baseline always predicts the most frequent target of the training labels (a token for MLM / MVLM, a
 visual code for MIM) and is scored on the held-out labels. MIM is also scored on "object" patches alone (patches
-with any non-background pixel), where the baseline is the share of object patches whose code is the background's.
+with any non-background pixel), where the baseline is the share of object patches whose code is the background's,
+and by its held-out cross-entropy against the unigram distribution's (`mim_nll`, `unigram_mim_nll`): a model can
+learn more than the unigram while the background's code stays the most likely at every masked patch.
 tests/test_learning_vl_beit.py runs `run` at size tiny. Docs: docs/methods/vl_beit.md, "Does it learn?".
 """
 
@@ -100,8 +103,9 @@ def accuracies(model, train_batches: list[dict], val: list[dict]) -> dict:
     token = torch.cat([b["mlm_labels"][b["mlm_labels"] != -100] for b in train_batches])
     token = torch.bincount(token).argmax()
     codes = torch.cat([model.mim_targets(b["pixel_values"])[b["bool_masked_pos"]] for b in train_batches])
-    code = torch.bincount(codes).argmax()
-    sums, hits = {}, {"object": [], "object_unigram": []}
+    counts = torch.bincount(codes, minlength=model.mim_head.proj.out_features).float()
+    code, log_unigram = counts.argmax(), torch.log((counts + 1) / (counts + 1).sum())  # add-one smoothing
+    sums, hits = {}, {"object": [], "object_unigram": [], "nll": [], "nll_unigram": []}
     labels, targets = [], []
     for b in val:
         out = model(**b, generator=torch.Generator().manual_seed(0))
@@ -110,7 +114,10 @@ def accuracies(model, train_batches: list[dict], val: list[dict]) -> dict:
         mask = b["bool_masked_pos"]
         target = model.mim_targets(b["pixel_values"])[mask]
         hidden = model.vl_beit.encode_image(b["pixel_values"], bool_masked_pos=mask)[:, 1:]
-        hit = model.mim_head(hidden[mask]).argmax(-1) == target
+        logits = model.mim_head(hidden[mask])  # [M, K]
+        hit = logits.argmax(-1) == target
+        hits["nll"].append(torch.nn.functional.cross_entropy(logits, target, reduction="none"))
+        hits["nll_unigram"].append(-log_unigram[target])
         objects = object_patches(b["pixel_values"], model.config.vision_config.patch_size)[mask]
         hits["object"].append(hit[objects])
         hits["object_unigram"].append((target == code)[objects])
@@ -119,6 +126,9 @@ def accuracies(model, train_batches: list[dict], val: list[dict]) -> dict:
     result = {k: sum(v) / len(v) for k, v in sums.items()}
     result["mim_accuracy_object_patches"] = float(torch.cat(hits["object"]).float().mean())
     result["unigram_mim_object_patches"] = float(torch.cat(hits["object_unigram"]).float().mean())
+    # held-out cross-entropy of the MIM predictions, against the unigram distribution's (nats)
+    result["mim_nll"] = float(torch.cat(hits["nll"]).mean())
+    result["unigram_mim_nll"] = float(torch.cat(hits["nll_unigram"]).mean())
     # text-only rows are the captions masked at mlm_probability: the same token distribution as the pairs'
     result["unigram_mlm"] = float((torch.cat(labels) == token).float().mean())
     result["unigram_mim"] = float((torch.cat(targets) == code).float().mean())
@@ -144,7 +154,7 @@ def run(size: str = "tiny", *, tokenizer_steps: int = 100, steps: int = 400, bat
     def log(name):
         def show(step, out):
             if name == "tokenizer" and step in (1, tokenizer_steps):
-                report.setdefault("tokenizer_loss_rec", []).append(float(out.loss_rec))
+                report.setdefault("tokenizer_loss_rec", []).append(float(out.loss_rec.detach()))
             if verbose and (step % 50 == 0 or step == 1):
                 print(f"{name} {step}: " + " ".join(f"{k} {float(v):.3f}" for k, v in out.items()
                                                     if torch.is_tensor(v) and v.ndim == 0), flush=True)
@@ -161,10 +171,11 @@ def run(size: str = "tiny", *, tokenizer_steps: int = 100, steps: int = 400, bat
                   data["validation"], 50)
     train_batches = batches(collator, data["train"].select(range(min(320, num_train))), 64)
     report["targets"] = tokenizer_report(model, val)
-    report["before"] = accuracies(model, train_batches, val)
-    train(model, data["train"], collator, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-          warmup=warmup, seed=seed, log=log("vl_beit"))
-    report["after"] = accuracies(model, train_batches, val)
+    report["before"] = accuracies(model, train_batches, val) if steps else None
+    if steps:  # 0: the targets alone
+        train(model, data["train"], collator, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+              warmup=warmup, seed=seed, log=log("vl_beit"))
+        report["after"] = accuracies(model, train_batches, val)
     report["seconds"] = time.perf_counter() - start
     return report
 
@@ -173,7 +184,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny", choices=["tiny", "small"])
     parser.add_argument("--tokenizer_steps", type=int, default=100, help="0: no trained tokenizer (random targets)")
-    parser.add_argument("--steps", type=int, default=400, help="VL-BEiT updates")
+    parser.add_argument("--steps", type=int, default=400, help="VL-BEiT updates (0: report the MIM targets only)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--learning_rate", type=float, default=None, help="default: the size preset's (3e-4)")
     parser.add_argument("--warmup", type=int, default=None, help="default: 50 updates (the small preset's)")
