@@ -251,6 +251,7 @@ def test_float_fields_take_ints_and_refuse_bools():
         assert (config.alpha, config.itm_weight, config.vision_config.drop_path_rate) == (0, 3, 0)
         with pytest.raises(FieldError, match="Field 'itm_weight' expected float, got bool"):
             vl_models.get_config(method, "tiny", itm_weight=True)
+    assert vl_models.get_config("vl_beit", "tiny", mim_weight=2, layer_scale_init_value=1).mim_weight == 2
 
 
 def test_loading_another_methods_checkpoint_is_refused(tmp_path):

@@ -230,7 +230,7 @@ class VectorQuantizer(PerUpdateState, nn.Module):
         if self.training and self._saved is None:  # one copy per update, so that it can be reverted
             self._saved = {name: t.detach().clone() for name, t in self._state().items()}
         if self.training and self.kmeans_init and not self.initted:  # sync-free unless k-means is on
-            self._kmeans_init(flat, generator)
+            self.init_codes(flat, generator)
 
         codes = self.codes()  # [K, D]
         indices = nearest_code(flat, codes.detach(), cosine=self.cosine)  # [N]
@@ -266,8 +266,11 @@ class VectorQuantizer(PerUpdateState, nn.Module):
             raise ValueError(f"`z` must hold at least one vector, got {describe(z)}")
 
     @torch.no_grad()
-    def _kmeans_init(self, flat: torch.Tensor, generator) -> None:
-        # rank 0 clusters its batch and every rank takes its result, so replicas start equal
+    def init_codes(self, flat: torch.Tensor, generator=None) -> None:
+        """k-means over `flat` [N, D] (already normalised where codes are cosine) becomes the codebook; called by the
+        first training forward when `kmeans_init`, or by a caller that picks the rows itself (VL-BEiT's patch-local
+        tokenizer: each distinct patch once). Rank 0 clusters and every rank takes its result, so replicas start
+        equal."""
         result = torch.empty(self.num_codes, self.dim + 1, device=flat.device)
         if _is_rank0():
             centres, counts = kmeans(

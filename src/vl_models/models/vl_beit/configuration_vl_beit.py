@@ -43,8 +43,8 @@ class VlBeitTokenizerConfig(VlPreTrainedConfig):
     vision_config: dict | VisionTowerConfig | None = None
     num_codes: int = 8192
     code_dim: int = 32
-    codebook_decay: float | None = 0.99
-    commitment_weight: float = 1.0
+    codebook_decay: float | int | None = 0.99
+    commitment_weight: float | int = 1.0
     cosine_codes: bool = True
     kmeans_init: bool = True
     dead_code_after: int | None = None
@@ -57,7 +57,7 @@ class VlBeitTokenizerConfig(VlPreTrainedConfig):
     # patch features (a random-projection quantizer, BEST-RQ, Chiu et al. 2022). An option (no preset): on Shapes a
     # trained ViT encoder collapses the object patches onto the background's code (docs/methods/vl_beit.md)
     freeze_encoder: bool = False
-    initializer_range: float = 0.02
+    initializer_range: float | int = 0.02
 
     def validate_tokenizer(self):
         check_codebook_fields(self)
@@ -110,19 +110,19 @@ class VlBeitConfig(VlPreTrainedConfig):
     tie_word_embeddings: bool = True  # the MLM decoder's weight is the text word embeddings (BERT, ALBEF)
     tokenizer_config: dict | VlBeitTokenizerConfig | None = None
     num_vl_layers: int = 2  # top layers whose pair tokens go through the vision-language expert
-    layer_scale_init_value: float | None = 0.1
+    layer_scale_init_value: float | int | None = 0.1
     use_relative_position_bias: bool = True
-    mlm_probability: float = 0.15
-    mvlm_probability: float = 0.5
-    mim_mask_ratio: float = 0.4
+    mlm_probability: float | int = 0.15
+    mvlm_probability: float | int = 0.5
+    mim_mask_ratio: float | int = 0.4
     mvlm_mask_image: bool = True
     unimodal_from_pairs: bool = True
-    mlm_weight: float = 1.0
-    mim_weight: float = 1.0
-    mvlm_weight: float = 1.0
+    mlm_weight: float | int = 1.0
+    mim_weight: float | int = 1.0
+    mvlm_weight: float | int = 1.0
     embed_dim: int = 256
-    temperature: float = 0.07
-    initializer_range: float = 0.02
+    temperature: float | int = 0.07
+    initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
         kwargs.pop("queue_size", None)  # the shared size presets set it; VL-BEiT keeps no feature queue

@@ -146,7 +146,7 @@ class VlBeitVisualTokenizer(VlPreTrainedModel):
             where = generator.device if generator is not None else flat.device
             extra = torch.randn(missing, flat.shape[1], generator=generator, device=where).to(flat.device)
             flat = torch.cat([flat, F.normalize(extra, dim=-1) if self.quantizer.cosine else extra * scale])
-        self.quantizer._kmeans_init(flat, generator)  # the quantizer's own init, over these rows
+        self.quantizer.init_codes(flat, generator)  # the quantizer's own k-means, over these rows
 
     @torch.no_grad()
     def get_codebook_indices(self, pixel_values: torch.Tensor) -> torch.LongTensor:
