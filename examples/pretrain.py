@@ -116,7 +116,7 @@ def build_model(args):
     if args.method == TOKENIZER_METHOD:
         return build_tokenizer(args)
     spec = vl_models.get_method(args.method)
-    overrides = parse_overrides(args.config_overrides)
+    overrides = parse_overrides(args.config_overrides, spec.config_class)
     attn = {"attn_implementation": args.attn_implementation}
     processor = None
     if args.model_name_or_path:
@@ -154,7 +154,7 @@ def build_model(args):
 
 def build_tokenizer(args):
     """VL-BEiT's visual tokenizer at `--size` (the `tokenizer_config` of VL-BEiT's preset) and its processor."""
-    overrides = parse_overrides(args.config_overrides)
+    overrides = parse_overrides(args.config_overrides, VlBeitVisualTokenizer.config_class)
     if args.model_name_or_path:
         model = VlBeitVisualTokenizer.from_pretrained(args.model_name_or_path, **overrides)
     else:

@@ -254,6 +254,23 @@ def test_float_fields_take_ints_and_refuse_bools():
     assert vl_models.get_config("vl_beit", "tiny", mim_weight=2, layer_scale_init_value=1).mim_weight == 2
 
 
+@pytest.mark.parametrize(("method", "overrides", "message"), [
+    ("albef", {"quue_size": 0}, r"unknown config field 'quue_size' for AlbefConfig; did you mean 'queue_size'\?"),
+    ("vlmae", {"vision_config": {"hiden_size": 8}}, r"'vision_config.hiden_size' for VisionTowerConfig; did you "
+                                                     r"mean 'hidden_size'"),
+    ("vl_beit", {"tokenizer_config": {"num_code": 8}}, r"'tokenizer_config.num_code' for VlBeitTokenizerConfig; "
+                                                        r"did you mean 'num_codes'"),
+    ("albef", {"tokenizer_config": {}}, r"unknown config field 'tokenizer_config' for AlbefConfig"),
+])
+def test_unknown_config_fields_are_refused_with_the_closest_names(method, overrides, message):
+    # a config keeps unknown keys as attributes (transformers' convention, for loading): without this check a typo
+    # was saved into config.json and changed nothing
+    with pytest.raises(ValueError, match=message):
+        vl_models.get_config(method, "tiny", **overrides)
+    config = vl_models.get_config(method, "tiny", num_labels=3)  # properties and known fields still pass
+    assert config.num_labels == 3
+
+
 def test_loading_another_methods_checkpoint_is_refused(tmp_path):
     vl_models.AlbefForPreTraining(vl_models.get_config("albef", "tiny")).save_pretrained(tmp_path)
     for cls in (vl_models.VlmaeForPreTraining, vl_models.VqMimForPreTraining):

@@ -164,6 +164,25 @@ def test_evaluate_bad_model_path_exits_2(tmp_path, capsys):
     assert exit_info.value.code == 2 and err.startswith("error: --model_name_or_path") and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ("quue_size=0", "error: model: unknown config field 'quue_size' for VlmaeConfig; did you mean 'queue_size'?"),
+    ("text_config.num_fusion_layer=1", "error: model: unknown config field 'text_config.num_fusion_layer' for "
+                                       "TextTowerConfig; did you mean 'num_fusion_layers'"),
+    ("alpha=abc", "error: model: Validation error for field 'alpha': TypeError: Field 'alpha' with value 'abc'"),
+])
+def test_pretrain_bad_config_overrides_exit_2_in_one_line(tmp_path, capsys, overrides, expected):
+    """An unknown key used to be saved into config.json and change nothing; a value of the wrong type escaped as a
+    traceback (the config validator's error is no ValueError)."""
+    pretrain = script("pretrain")
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain.run_cli(pretrain.main, [*PRETRAIN, "--config_overrides", overrides,
+                                         "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith(expected), err
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "malformed", "no_field"])
 def test_pretrain_bad_data_exits_2_with_the_file_record_and_field(tmp_path, capsys, case):
     path = tmp_path / "captions.json"

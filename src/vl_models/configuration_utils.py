@@ -4,6 +4,8 @@ Configs are transformers 5 typed dataclasses. Invalid values fail when the confi
 (`validate_*` methods run by `@strict`), never later inside a forward pass.
 """
 
+import dataclasses
+import difflib
 import math
 
 from huggingface_hub.dataclasses import strict
@@ -59,6 +61,21 @@ def _check_heads(name: str, hidden_size: int, num_heads: int) -> None:
         raise ValueError(
             f"`{name}.hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_heads})"
         )
+
+
+def check_field_names(config_class: type, fields: dict, prefix: str = "") -> None:
+    """Refuse a key that is no field of `config_class` (or, for a dict value, of that sub-config), naming the
+    closest fields: a config keeps unknown keys as attributes (transformers' convention, for loading), so an
+    override `quue_size=0` would otherwise be saved into config.json and change nothing."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    sub_configs = getattr(config_class, "sub_configs", None) or {}
+    for key, value in fields.items():
+        if key not in known and key not in sub_configs and not hasattr(config_class, key):
+            close = difflib.get_close_matches(key, sorted(known | set(sub_configs)), n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"unknown config field {prefix + key!r} for {config_class.__name__}{hint}")
+        if isinstance(value, dict) and key in sub_configs:
+            check_field_names(sub_configs[key], value, prefix=f"{prefix}{key}.")
 
 
 class VlPreTrainedConfig(PreTrainedConfig):

@@ -11,6 +11,7 @@ from transformers import (
     AutoModelForVisualQuestionAnswering,
 )
 
+from .configuration_utils import check_field_names
 from .presets import check_size, merge, tower_preset
 
 
@@ -67,6 +68,7 @@ def get_method(name: str) -> Method:
 def get_config(method: str, size: str = "base", **overrides):
     """The config of `method` at a named size; keyword overrides win (sub-config dicts merge key by key)."""
     spec = get_method(method)
+    check_field_names(spec.config_class, overrides)
     kwargs = merge(merge(tower_preset(size), spec.presets.get(check_size(size), {})), overrides)
     return spec.config_class(**kwargs)
 

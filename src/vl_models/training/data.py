@@ -16,6 +16,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from ..data import (
     build_shapes,
@@ -43,7 +44,9 @@ class UserError(Exception):
     """Bad input from the command line or the data: printed without a traceback, exit status 2."""
 
 
-_INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, json.JSONDecodeError)
+# StrictDataclassError: a config value of the wrong type (`--config_overrides alpha=abc`), which is no ValueError
+_INPUT_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, json.JSONDecodeError,
+                 StrictDataclassError)
 
 
 @contextmanager
@@ -53,7 +56,9 @@ def user_errors(what: str, *extra: type[Exception]):
     try:
         yield
     except (*_INPUT_ERRORS, *extra) as error:
-        raise UserError(f"{what}: {error}") from error
+        # the config validator's message spans lines ("Validation error for field ...:\n    TypeError: ..."): one
+        message = " ".join(str(error).split()) if isinstance(error, StrictDataclassError) else str(error)
+        raise UserError(f"{what}: {message}") from error
 
 
 def run_cli(main, argv=None):

@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration
 from tqdm.auto import tqdm
 
+from ..configuration_utils import check_field_names
 from ..data.collators import sample_seed
 from ..layers.accumulation import accumulating
 from ..layers.codebook import VectorQuantizer
@@ -103,9 +104,10 @@ def run_config(args: argparse.Namespace, **extra) -> dict:
 _PYTHON_LITERALS = {"True": True, "False": False, "None": None}
 
 
-def parse_overrides(text: str | None) -> dict:
+def parse_overrides(text: str | None, config_class: type | None = None) -> dict:
     """`--config_overrides "queue_size=0,text_config.hidden_dropout_prob=0"` -> nested kwargs (values as JSON
-    when they parse, Python's True / False / None as themselves, else strings)."""
+    when they parse, Python's True / False / None as themselves, else strings). With `config_class`, a key that is
+    no field of it raises ValueError naming the closest (`configuration_utils.check_field_names`)."""
     out: dict = {}
     for item in filter(None, (text or "").split(",")):
         if "=" not in item:
@@ -120,6 +122,8 @@ def parse_overrides(text: str | None) -> dict:
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = value
+    if config_class is not None:
+        check_field_names(config_class, out)
     return out
 
 
