@@ -94,3 +94,21 @@ def test_graph_breaks_bench_counts_fewer_breaks_without_a_generator(tmp_path):
     assert [r["method"] for r in rows] == ["albef", "vl_beit"]
     for row in rows:  # the global RNG `--torch_compile` uses removes the generator's breaks
         assert 0 < row["global RNG"] < row["generator"]
+
+
+def test_fusion_diagnostics_see_which_loss_reaches_which_part(tmp_path):
+    import vl_models
+
+    model, processor = vl_models.build("albef", "tiny")
+    model.save_pretrained(tmp_path / "albef")
+    processor.save_pretrained(tmp_path / "albef")
+    report = run_bench("fusion_diagnostics.py", tmp_path / "report.json", str(tmp_path / "albef"),
+                       "--num_test_images", "8", "--itm_k", "4")
+    for ranking in report["retrieval"].values():
+        assert 0.0 <= ranking["r1"] <= ranking["r5"] <= 1.0
+    assert report["fused_cls_image_sensitivity"] > 0
+    grads = report["gradient_norms"]
+    # ITC is computed before fusion; MLM never reads the ITM head; ITM reaches every part
+    assert grads["loss_itc"]["fusion cross-attention"] == grads["loss_itc"]["itm_head"] == 0.0
+    assert grads["loss_mlm"]["itm_head"] == 0.0 and grads["loss_mlm"]["fusion cross-attention"] > 0
+    assert all(value > 0 for value in grads["loss_itm"].values())
