@@ -1,3 +1,4 @@
+from ...presets import FROM_SCRATCH_INIT
 from ...registry import Method
 from .configuration_vl_beit import VlBeitConfig, VlBeitTokenizerConfig
 from .downstream_vl_beit import (
@@ -14,9 +15,12 @@ from .tokenizer_vl_beit import VlBeitTokenizerOutput, VlBeitVisualTokenizer
 
 # VL experts in the top layers (VLMo: 2 of 12 at base, 3 of 24 at large); the visual tokenizer's codebook (ours
 # at tiny/small; BEiT v2's 8192 x 32 at base/large) and decoder depth (BEiT v2 recommends 3)
+# tiny/small train from scratch at std 0.1 (presets.FROM_SCRATCH_INIT; the tokenizer keeps its own 0.02)
 _PRESETS = {
-    "tiny": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 32, "code_dim": 8, "decoder_layers": 1}},
-    "small": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 1024, "code_dim": 16, "decoder_layers": 1}},
+    "tiny": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 32, "code_dim": 8, "decoder_layers": 1},
+             **FROM_SCRATCH_INIT},
+    "small": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 1024, "code_dim": 16, "decoder_layers": 1},
+              **FROM_SCRATCH_INIT},
     "base": {"num_vl_layers": 2},
     "large": {"num_vl_layers": 3, "layer_scale_init_value": 1e-5},
 }
