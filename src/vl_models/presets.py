@@ -44,9 +44,9 @@ _TOWERS = {
 }
 
 
-# fusion encoders trained from scratch at the CPU presets start from weights of std 0.1 instead of BERT's 0.02:
-# at 0.02 the image reaches the fused [CLS] through two small random matrices (swapping the image moves it by 0.5%)
-# and AdamW grows weights by ~lr per update, so ITM sat at its class prior for 250-400 updates (docs/methods.md)
+# every method's tiny and small presets train from scratch at std 0.1 instead of BERT's 0.02: at 0.02 the image
+# reaches the fused [CLS] through small random matrices (swapping the image moves it by 0.5%) and AdamW grows weights
+# by ~lr per update, so ITM sat at its class prior for 250-400 updates (docs/methods.md, "Learning from scratch")
 FROM_SCRATCH_INIT = {"initializer_range": 0.1}
 # the align-before-fuse family at the CPU presets: a momentum teacher that keeps up with a short run (0.95
 # averages over ~20 updates, ALBEF's 0.995 over ~200, the whole run), and half of the ITM negatives uniform, so ITM
