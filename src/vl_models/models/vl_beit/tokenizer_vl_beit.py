@@ -1,8 +1,9 @@
 """VL-BEiT's visual tokenizer: a VQ-KD-style model (BEiT v2) whose code indices are the MIM targets.
 
 pixel_values -> ViT encoder (or a patch-local one, `encoder="patch"`) -> Linear-Tanh-Linear -> `VectorQuantizer`
-(cosine codes, EMA) -> a small transformer decoder -> (normalised) patch pixels or a teacher's patch features. It is trained on its own (`forward` returns
-`loss`), then frozen inside `VlBeitForPreTraining`, which only calls `get_codebook_indices`.
+(cosine codes, EMA) -> a small transformer decoder -> (normalised) patch pixels or a teacher's patch features.
+It is trained on its own (`forward` returns `loss`), then frozen inside `VlBeitForPreTraining`, which only calls
+`get_codebook_indices`.
 """
 
 from __future__ import annotations
