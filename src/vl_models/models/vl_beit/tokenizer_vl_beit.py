@@ -138,7 +138,8 @@ class VlBeitVisualTokenizer(VlPreTrainedModel):
         flat = torch.unique(flat, dim=0)  # [M, d], exact duplicates gone (sorted order)
         if flat.shape[0] > _MAX_DISTINCT:  # bounds the M x M distances below
             where = generator.device if generator is not None else flat.device
-            flat = flat[torch.randperm(flat.shape[0], generator=generator, device=where)[:_MAX_DISTINCT].to(flat.device)]
+            keep = torch.randperm(flat.shape[0], generator=generator, device=where)[:_MAX_DISTINCT]
+            flat = flat[keep.to(flat.device)]
         scale = flat.norm(dim=-1).mean().clamp_min(1e-12)
         near = torch.cdist(flat, flat) < _DISTINCT * scale  # [M, M]
         flat = flat[~near.tril(diagonal=-1).any(dim=1)]  # keep a row unless an earlier row is near it
