@@ -104,6 +104,31 @@ def test_karpathy_errors_name_file_record_and_field(tmp_path):
         read_karpathy_captions(annotation, image_dir)
 
 
+def test_karpathy_refuses_empty_sentences_and_images_outside_the_image_directory(tmp_path):
+    """An empty `sentences` list used to pass the reader and crash the collator's caption draw; a `filepath` of
+    `../outside` read an image outside --image_dir."""
+    annotation, image_dir = karpathy_dataset(tmp_path)
+    save_photo(tmp_path / "outside" / "secret.jpg", "coffee")  # exists, beside the image directory
+    bad = tmp_path / "bad.json"
+    data = json.loads(annotation.read_text())
+    data["images"][2]["sentences"] = []
+    write_json(bad, data)
+    with pytest.raises(ValueError, match=r"bad.json: record 2 \(imgid=2\) has an empty `sentences` list"):
+        read_karpathy_captions(bad, image_dir)
+    for filepath, filename in (("../outside", "secret.jpg"), ("", str(tmp_path / "outside" / "secret.jpg")),
+                               ("train2014/../../outside", "secret.jpg")):
+        data = json.loads(annotation.read_text())
+        data["images"][0].update(filepath=filepath, filename=filename)
+        write_json(bad, data)
+        with pytest.raises(ValueError, match=r"record 0 \(imgid=0\) names image .*secret.jpg'?, which is outside "
+                                             r"the image directory"):
+            read_karpathy_captions(bad, image_dir)
+    data = json.loads(annotation.read_text())
+    data["images"][2]["filepath"] = "val2014/../train2014"  # a `..` that stays inside is fine
+    write_json(bad, data)
+    assert read_karpathy_captions(bad, image_dir)["image_id"] == [0, 1, 2, 3]
+
+
 def test_corrupt_images_are_skipped_and_logged(tmp_path, caplog):
     annotation, image_dir = karpathy_dataset(tmp_path)
     write_truncated_jpeg(image_dir / "val2014" / "COCO_val2014_000000000001.jpg")

@@ -79,7 +79,13 @@ def top_level(data, key: str, source, kind: type = list):
 
 
 def image_file(directory: Path, relative: str, source, where: str) -> str:
-    """The path of an image named by an annotation, which must exist."""
+    """The path of an image named by an annotation, which must exist and stay inside `directory` (an annotation
+    file is data: `../elsewhere/x.jpg` or an absolute path must not read files outside the image directory; checked
+    on the name, so a symlinked dataset folder inside `directory` still works)."""
+    name = os.path.normpath(relative)
+    if os.path.isabs(relative) or name == os.pardir or name.startswith(os.pardir + os.sep):
+        raise ValueError(f"{source}: {where} names image {relative!r}, which is outside the image directory "
+                         f"{directory}")
     path = directory / relative
     if not path.is_file():
         raise FileNotFoundError(f"{source}: {where} names image {relative!r}, which does not exist: {path}")

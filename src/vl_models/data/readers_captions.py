@@ -50,6 +50,8 @@ def read_karpathy_captions(
         filename = field(record, "filename", annotation_file, where, str)
         record_split = field(record, "split", annotation_file, where, str)
         sentences = field(record, "sentences", annotation_file, where, list)
+        if not sentences:  # a captionless image would crash the collator's caption draw much later
+            raise ValueError(f"{annotation_file}: {where} has an empty `sentences` list; every image needs a caption")
         captions = [field(s, "raw", annotation_file, f"{where} sentence {j}", str) for j, s in enumerate(sentences)]
         filepath = field(record, "filepath", annotation_file, where, str) if "filepath" in record else ""
         seen_splits.add(record_split)
