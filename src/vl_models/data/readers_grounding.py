@@ -36,13 +36,22 @@ NLVR2_FEATURES = datasets.Features(
 _NUMBER = (int, float)
 
 
+class _RefsUnpickler(pickle.Unpickler):
+    """The official refs(unc).p holds lists, dicts, str, int and float only, which pickle builds without naming any
+    class or function. Any name it asks for is refused, so a crafted file cannot call code (`os.system`) while it
+    is read."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which unpickling would call (a refs pickle holds "
+                                     f"only lists, dicts, str and numbers)")
+
+
 def _load_refs(refs_file) -> list:
     path = existing_path(refs_file, "refs file")
     if path.suffix in (".p", ".pkl", ".pickle"):
-        # The official refs(unc).p is a pickle: only read refs files you trust (unpickling runs code).
         try:
             with open(path, "rb") as f:
-                refs = pickle.load(f)
+                refs = _RefsUnpickler(f).load()
         except Exception as error:  # unpickling raises many types for a damaged file
             raise ValueError(f"{path}: not a readable refs pickle ({error!r})") from None
     else:
