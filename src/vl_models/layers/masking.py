@@ -66,12 +66,27 @@ def random_masking(
     return MaskingOutput(ids_keep=ids_shuffle[:, :n_keep], ids_restore=ids_restore, mask=mask)
 
 
+def check_image_mask(name: str, mask, shape: tuple[int, int]) -> torch.Tensor:
+    """An image mask given to a model (from a collator): bool of the batch's patch `shape` [B, N], True = masked,
+    with at least one masked patch, since an all-False mask leaves the masked-image losses a mean over nothing
+    (NaN). Like `check_index_range`, a host check on CPU only; elsewhere a device-side assertion, so an
+    accelerator is not stalled every step."""
+    check_tensor(name, mask, ndim=2, dtype="bool")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"`{name}` must have shape {tuple(shape)}, got {describe(mask)}")
+    message = f"`{name}` must mask at least one patch (True = masked), got an all-False mask"
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(mask.any()):
+            raise ValueError(message)
+    else:
+        torch._assert_async(mask.any(), message)
+    return mask
+
+
 def masking_from_mask(mask: torch.Tensor, *, num_patches: int, batch_size: int) -> MaskingOutput:
     """Keep/restore ids for a given mask [B, N] (True = masked, the same count in every row), e.g. from a
     collator: the visible patches keep their order, the masked ones follow."""
-    check_tensor("image_mask", mask, ndim=2, dtype="bool")
-    if tuple(mask.shape) != (batch_size, num_patches):
-        raise ValueError(f"`image_mask` must have shape {(batch_size, num_patches)}, got {describe(mask)}")
+    check_image_mask("image_mask", mask, (batch_size, num_patches))
     counts = mask.sum(dim=1)
     if bool((counts != counts[0]).any()):
         raise ValueError(f"`image_mask` must mask the same number of patches in every row, got {counts.tolist()}")
@@ -185,6 +200,18 @@ def block_masking(
     return out if device is None else out.to(device)
 
 
+def beit_image_mask(pixel_values: torch.Tensor, patch_size: int, mask_ratio: float, given=None, *,
+                    generator: torch.Generator | None = None, name: str = "image_mask") -> torch.Tensor:
+    """The image mask [B, N] of a masked-image-modeling step: `given` (from a collator, argument `name`) checked,
+    else block-wise masking of round(mask_ratio * N) patches per image, at least one, drawn from `generator`."""
+    grid = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
+    shape = (pixel_values.shape[0], grid[0] * grid[1])
+    if given is not None:
+        return check_image_mask(name, given, shape).to(pixel_values.device)
+    num_masked = min(shape[1], max(1, round(mask_ratio * shape[1])))
+    return block_masking(shape[0], grid, num_masked, generator=generator, device=pixel_values.device)
+
+
 def _check_text_inputs(input_ids, mask_token_id, vocab_size, special, attention_mask, probability, word_ids):
     check_tensor("input_ids", input_ids, ndim=2, dtype="int")
     if vocab_size < 1:
@@ -284,6 +311,14 @@ def mlm_inputs(input_ids, attention_mask, mlm_input_ids, mlm_labels, *, text_con
     if mlm_input_ids is not None:
         check_same_batch(**{f"{prefix}input_ids": input_ids, f"{prefix}mlm_input_ids": mlm_input_ids,
                             f"{prefix}mlm_labels": mlm_labels})
+        name = f"{prefix}mlm_labels"
+        check_tensor(name, mlm_labels, ndim=2, dtype="int")
+        if mlm_labels.shape != mlm_input_ids.shape:
+            raise ValueError(f"`{name}` must have shape {tuple(mlm_input_ids.shape)} (as `{prefix}mlm_input_ids`), "
+                             f"got {describe(mlm_labels)}")
+        # -100 marks a position without a label (the loss ignores it); any other label indexes the vocabulary,
+        # which the MLM loss would do with a bare IndexError (or a device-side assert)
+        check_index_range(name, mlm_labels.masked_fill(mlm_labels == -100, 0), text_config.vocab_size)
         return mlm_input_ids, mlm_labels
     return mask_text(input_ids, mask_token_id=text_config.mask_token_id, vocab_size=text_config.vocab_size,
                      special_token_ids=text_config.special_token_ids, attention_mask=attention_mask,

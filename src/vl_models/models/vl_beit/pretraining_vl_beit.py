@@ -14,7 +14,7 @@ from torch import nn
 
 from ...layers.heads import MlmHead, TokenClassifierHead
 from ...layers.losses import masked_cross_entropy, select_masked
-from ...layers.masking import block_masking, mlm_inputs
+from ...layers.masking import beit_image_mask, mlm_inputs
 from ...layers.mim import TokenizerTargets, code_statistics
 from ...layers.mlm import TiedMlmMixin
 from ...layers.momentum import freeze
@@ -86,16 +86,8 @@ class VlBeitForPreTraining(TiedMlmMixin, VlBeitPreTrainedModel):
     # -- masks ------------------------------------------------------------------------------------------------
 
     def _image_mask(self, pixel_values, bool_masked_pos, generator, name="bool_masked_pos"):
-        patch = self.config.vision_config.patch_size
-        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        shape = (pixel_values.shape[0], grid[0] * grid[1])
-        if bool_masked_pos is not None:
-            check_tensor(name, bool_masked_pos, ndim=2, dtype="bool")
-            if tuple(bool_masked_pos.shape) != shape:
-                raise ValueError(f"`{name}` must have shape {shape}, got {describe(bool_masked_pos)}")
-            return bool_masked_pos.to(pixel_values.device)
-        num_masked = min(shape[1], max(1, round(self.config.mim_mask_ratio * shape[1])))
-        return block_masking(shape[0], grid, num_masked, generator=generator, device=pixel_values.device)
+        return beit_image_mask(pixel_values, self.config.vision_config.patch_size, self.config.mim_mask_ratio,
+                               bool_masked_pos, generator=generator, name=name)
 
     # -- objectives -------------------------------------------------------------------------------------------
 

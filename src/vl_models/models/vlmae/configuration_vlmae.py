@@ -3,6 +3,7 @@
 from huggingface_hub.dataclasses import strict
 
 from ...configuration_utils import AlignFuseConfig, _check_heads
+from ...layers.masking import num_kept
 from ...utils import check_range
 
 
@@ -43,6 +44,14 @@ class VlmaeConfig(AlignFuseConfig):
 
     def validate_vlmae(self):
         check_range("mask_ratio", self.mask_ratio, 0.0, 1.0)
+        vision = self.vision_config
+        n = getattr(vision, "num_patches", None)
+        if n is not None and num_kept(n, self.mask_ratio) == n:
+            # no patch masked: the reconstruction losses would be means over nothing (NaN)
+            raise ValueError(
+                f"`mask_ratio` must be >= 1 / num_patches = 1/{n} = {1 / n:.4g} (image_size {vision.image_size}, "
+                f"patch_size {vision.patch_size}) so that at least one patch is masked, got {self.mask_ratio}"
+            )
         _check_heads("decoder", self.decoder_hidden_size, self.decoder_num_heads)
         if self.decoder_num_layers < 1:
             raise ValueError(f"`decoder_num_layers` must be >= 1, got {self.decoder_num_layers}")

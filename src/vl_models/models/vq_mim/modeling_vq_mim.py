@@ -8,7 +8,7 @@ from torch import nn
 
 from ...layers.align_fuse import AlignFuseModelMixin, AlignFusePreTrainingMixin
 from ...layers.attention import key_padding_mask
-from ...layers.masking import block_masking
+from ...layers.masking import beit_image_mask
 from ...layers.mim import CodebookTargets, MaskedImageModelingHead, TokenizerTargets
 from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
@@ -19,7 +19,7 @@ from ...layers.tasks import (
 )
 from ...layers.transformer import EncoderLayer
 from ...modeling_utils import VlPreTrainedModel
-from ...utils import check_tensor, describe
+from ...utils import check_tensor
 from .configuration_vq_mim import VqMimConfig
 
 
@@ -137,16 +137,8 @@ class VqMimForPreTraining(AlignFusePreTrainingMixin, VqMimPreTrainedModel):
         return target.lookup(features=features, pixel_values=pixel_values)
 
     def _image_mask(self, pixel_values, image_mask, generator):
-        patch = self.config.vision_config.patch_size
-        grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
-        batch, num_patches = pixel_values.shape[0], grid[0] * grid[1]
-        if image_mask is not None:
-            check_tensor("image_mask", image_mask, ndim=2, dtype="bool")
-            if tuple(image_mask.shape) != (batch, num_patches):
-                raise ValueError(f"`image_mask` must have shape {(batch, num_patches)}, got {describe(image_mask)}")
-            return image_mask.to(pixel_values.device)
-        num_masked = min(num_patches, max(1, round(self.config.mim_mask_ratio * num_patches)))
-        return block_masking(batch, grid, num_masked, generator=generator, device=pixel_values.device)
+        return beit_image_mask(pixel_values, self.config.vision_config.patch_size, self.config.mim_mask_ratio,
+                               image_mask, generator=generator)
 
 
 class VqMimForImageTextRetrieval(ImageTextRetrievalMixin, VqMimPreTrainedModel):
