@@ -14,6 +14,7 @@ from transformers import initialization as init
 from .layers.codebook import VectorQuantizer
 from .layers.embeddings import DecoderEmbeddings, PatchEmbeddings
 from .layers.momentum import FeatureQueue
+from .layers.tasks import TASK_HEAD_MODULES
 from .layers.transformer import LayerScale
 
 
@@ -30,6 +31,11 @@ def _raise_on_mismatch(cls, source, loading_info: dict) -> None:
     )
 
 
+def _listed(kind: str, keys: list[str], first: int = 3) -> str:
+    more = f", and {len(keys) - first} more" if len(keys) > first else ""
+    return f"{len(keys)} {kind} tensors ({', '.join(keys[:first])}{more})"
+
+
 class VlPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # our attention adds no score bias in the align-fuse family, so every kernel applies; methods that add a
@@ -41,6 +47,13 @@ class VlPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["EncoderLayer", "MultiwayLayer"]
     input_modalities = ("image", "text")
     main_input_name = "pixel_values"
+    # What a checkpoint of this method may lack or carry beyond this class's own tensors (top-level module names,
+    # `check_loaded_keys`): a task class's head is new when fine-tuning starts (`_fresh_modules`); a task class leaves
+    # out the method's pre-training-only modules (`_pretraining_only_modules`) and another task's head. Not
+    # transformers' `_keys_to_ignore_on_load_*`: those also drop the keys from `output_loading_info`, which the
+    # scripts report
+    _fresh_modules: tuple[str, ...] = ()
+    _pretraining_only_modules: tuple[str, ...] = ()
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -87,6 +100,28 @@ class VlPreTrainedModel(PreTrainedModel):
             _raise_on_mismatch(cls, args[0] if args else kwargs.get("pretrained_model_name_or_path"), loaded[1])
             return loaded if want_info else model
         return loaded
+
+    def check_loaded_keys(self, loading_info: dict, source) -> None:
+        """Raise `ValueError` listing the missing and unexpected keys of a load (`output_loading_info`) that the
+        declarations above do not explain: weights of another method under a rewritten `model_type` would
+        otherwise load as a mostly random model with only a warning."""
+
+        def unexplained(keys, modules):
+            return sorted(k for k in keys if not any(k == m or k.startswith(f"{m}.") for m in modules))
+
+        missing = unexplained(loading_info.get("missing_keys") or [], self._fresh_modules)
+        unexpected = unexplained(loading_info.get("unexpected_keys") or [],
+                                 (*self._pretraining_only_modules, *TASK_HEAD_MODULES))
+        if not (missing or unexpected):
+            return
+        found = " and ".join(_listed(kind, keys) for kind, keys in (("missing", missing), ("unexpected", unexpected))
+                             if keys)
+        raise ValueError(
+            f"{source} does not fit {type(self).__name__}: {found}. Only the task head "
+            f"({', '.join(self._fresh_modules) or 'none'}) may be missing, and only pre-training-only modules "
+            f"({', '.join(self._pretraining_only_modules) or 'none'}) or another task's head unexpected: are these "
+            f"weights of another method, or does config.json's model_type ({self.config.model_type!r}) not match them?"
+        )
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -123,6 +123,12 @@ class AlignFuseModelMixin(BackboneMixin, FromTowersMixin):
         return self.fusion(text_embeds, attention_mask, image_embeds)  # [B, T, Dt]; [:, 0] is the pair's [CLS]
 
 
+# the modules below that a task class leaves out of a pre-training checkpoint (`VlPreTrainedModel.check_loaded_keys`)
+ALIGN_FUSE_PRETRAINING_MODULES = (
+    "itm_head", "mlm_head", "temp", "momentum_model", "momentum_mlm_head", "image_queue", "text_queue",
+)
+
+
 class AlignFusePreTrainingMixin(PerUpdateState, TiedMlmMixin, FromTowersMixin):
     """ALBEF's three objectives on top of an align-fuse `XModel` (`_backbone_class`). The MLM decoders are tied to
     the word embeddings, the student's to the student's and the teacher's to the teacher's (`TiedMlmMixin`)."""

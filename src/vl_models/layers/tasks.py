@@ -28,6 +28,17 @@ def check_pair(pixel_values, input_ids, attention_mask) -> torch.Tensor:
     return torch.ones_like(input_ids) if attention_mask is None else attention_mask
 
 
+# the head of each task: new (randomly initialised) when fine-tuning starts from a pre-training checkpoint, so a
+# checkpoint may lack it; another task's head is what a checkpoint fine-tuned for that task carries in addition
+TASK_HEADS = {
+    "retrieval": ("itm_head", "temp"),  # in the align-fuse family's pre-training checkpoints too, not in VL-BEiT's
+    "vqa": ("vqa_head",),
+    "grounding": ("box_head",),
+    "nlvr2": ("classifier",),
+}
+TASK_HEAD_MODULES = tuple(name for heads in TASK_HEADS.values() for name in heads)
+
+
 class _TaskMixin:
     _backbone_class: type
 
@@ -59,6 +70,8 @@ class ImageTextRetrievalMixin(_TaskMixin):
 
     The fusion encoder pairs up the unimodal outputs; a backbone whose fusion is a joint pass from the inputs
     (VL-BEiT) overrides `_fusion_inputs` and `_fuse`."""
+
+    _fresh_modules = TASK_HEADS["retrieval"]
 
     def __init__(self, config):
         super().__init__(config)
@@ -130,6 +143,8 @@ class ImageTextRetrievalMixin(_TaskMixin):
 class QuestionAnsweringMixin(_TaskMixin):
     """A classifier over the answer vocabulary (`config.id2label`) on the fused [CLS], trained on soft scores."""
 
+    _fresh_modules = TASK_HEADS["vqa"]
+
     def __init__(self, config):
         super().__init__(config)
         self._build_backbone(config)
@@ -153,6 +168,8 @@ class VisualGroundingMixin(_TaskMixin):
 
     `_grounding_features` gives the pair's pooled feature and its image patches; a backbone whose patches live
     elsewhere (VL-BEiT's joint pass) overrides it, and `_patch_dim` where their width is not the vision tower's."""
+
+    _fresh_modules = TASK_HEADS["grounding"]
 
     def __init__(self, config):
         super().__init__(config)
@@ -189,6 +206,8 @@ class VisualGroundingMixin(_TaskMixin):
 
 class ImagesAndTextClassificationMixin(_TaskMixin):
     """NLVR2: one statement, two images; the two fused [CLS] are concatenated and classified (true/false)."""
+
+    _fresh_modules = TASK_HEADS["nlvr2"]
 
     def __init__(self, config):
         super().__init__(config)

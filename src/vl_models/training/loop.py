@@ -341,15 +341,22 @@ def write_results(path: Path, records: list[dict]) -> list[dict]:
 
 def load_quietly(load, *args, **kwargs):
     """`from_pretrained` without transformers' per-tensor load report (a new task head lists every tensor);
-    returns (model, loading_info) so the caller can summarise it in one line."""
+    returns (model, loading_info) so the caller can summarise it in one line. Tensors missing or unexpected
+    beyond what the class declares (its task head; the method's pre-training-only modules) raise `ValueError`
+    listing them: silenced, weights that do not fit (another method's, under a rewritten model_type) would load
+    as a mostly random model."""
     import transformers
 
     verbosity = transformers.utils.logging.get_verbosity()
     transformers.utils.logging.set_verbosity_error()
     try:
-        return load(*args, output_loading_info=True, **kwargs)
+        model, info = load(*args, output_loading_info=True, **kwargs)
     finally:
         transformers.utils.logging.set_verbosity(verbosity)
+    check = getattr(model, "check_loaded_keys", None)  # vl_models' models declare what may be fresh or left out
+    if check is not None:
+        check(info, args[0] if args else kwargs.get("pretrained_model_name_or_path"))
+    return model, info
 
 
 def push_to_hub(model, processor, repo_id: str, private: bool = False, results_file: Path | None = None):

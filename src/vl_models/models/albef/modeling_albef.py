@@ -3,7 +3,11 @@ this file only names the classes."""
 
 from __future__ import annotations
 
-from ...layers.align_fuse import AlignFuseModelMixin, AlignFusePreTrainingMixin
+from ...layers.align_fuse import (
+    ALIGN_FUSE_PRETRAINING_MODULES,
+    AlignFuseModelMixin,
+    AlignFusePreTrainingMixin,
+)
 from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
     ImagesAndTextClassificationMixin,
@@ -18,6 +22,7 @@ from .configuration_albef import AlbefConfig
 class AlbefPreTrainedModel(VlPreTrainedModel):
     config_class = AlbefConfig
     base_model_prefix = "albef"
+    _pretraining_only_modules = ALIGN_FUSE_PRETRAINING_MODULES
 
 
 class AlbefModel(AlignFuseModelMixin, AlbefPreTrainedModel):

@@ -59,6 +59,7 @@ class ViltaPreTrainingOutput(VlPreTrainingOutput):
 class ViltaPreTrainedModel(VlPreTrainedModel):
     config_class = ViltaConfig
     base_model_prefix = "vilta"
+    _pretraining_only_modules = ("itm_head", "mlm_head", "temp", "teacher")
     # image tokens cross-attend to padded caption tokens; transformers' flash-attention path unpads the queries
     # with the key mask (it assumes equal query and key lengths or left padding), which is wrong here
     _supports_flash_attn = False

@@ -72,6 +72,8 @@ class VlBeitForImageClassification(VlBeitPreTrainedModel):
     """The vision path alone: image-only pass, mean of the patch states (BEiT's pooling), a linear classifier over
     `config.id2label`; cross-entropy with integer `labels` [B]."""
 
+    _fresh_modules = ("fc_norm", "classifier")
+
     def __init__(self, config):
         super().__init__(config)
         self.vl_beit = VlBeitModel(config)

@@ -22,6 +22,7 @@ TEXT, IMAGE = 0, 1  # modality type embedding rows
 class VlBeitPreTrainedModel(VlPreTrainedModel):
     config_class = VlBeitConfig
     base_model_prefix = "vl_beit"
+    _pretraining_only_modules = ("mlm_head", "mim_head", "visual_tokenizer")
     # the relative position bias is an additive score bias: eager and sdpa take it, flash and flex do not
     _supports_flash_attn = False
     _supports_flex_attn = False

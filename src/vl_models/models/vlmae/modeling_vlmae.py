@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...layers.align_fuse import AlignFuseModelMixin, AlignFusePreTrainingMixin
+from ...layers.align_fuse import (
+    ALIGN_FUSE_PRETRAINING_MODULES,
+    AlignFuseModelMixin,
+    AlignFusePreTrainingMixin,
+)
 from ...layers.attention import key_padding_mask
 from ...layers.embeddings import DecoderEmbeddings
 from ...layers.losses import feature_reconstruction_loss, masked_patch_mse, patchify
@@ -25,6 +29,7 @@ from .configuration_vlmae import VlmaeConfig
 class VlmaePreTrainedModel(VlPreTrainedModel):
     config_class = VlmaeConfig
     base_model_prefix = "vlmae"
+    _pretraining_only_modules = (*ALIGN_FUSE_PRETRAINING_MODULES, "decoder")
     # the decoder's image queries cross-attend to padded caption keys; transformers' flash path unpads queries
     # with the key mask (equal lengths assumed), so flash stays off
     _supports_flash_attn = False

@@ -6,7 +6,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...layers.align_fuse import AlignFuseModelMixin, AlignFusePreTrainingMixin
+from ...layers.align_fuse import (
+    ALIGN_FUSE_PRETRAINING_MODULES,
+    AlignFuseModelMixin,
+    AlignFusePreTrainingMixin,
+)
 from ...layers.attention import key_padding_mask
 from ...layers.masking import beit_image_mask
 from ...layers.mim import CodebookTargets, MaskedImageModelingHead, TokenizerTargets
@@ -26,6 +30,7 @@ from .configuration_vq_mim import VqMimConfig
 class VqMimPreTrainedModel(VlPreTrainedModel):
     config_class = VqMimConfig
     base_model_prefix = "vq_mim"
+    _pretraining_only_modules = (*ALIGN_FUSE_PRETRAINING_MODULES, "mim_fusion", "mim_head")
 
 
 class VqMimModel(AlignFuseModelMixin, VqMimPreTrainedModel):
