@@ -26,6 +26,7 @@ from vl_models.training import (
     TASKS,
     UserError,
     add_data_args,
+    check_model_folder,
     data_kwargs,
     eval_dataloader,
     evaluate_classification,
@@ -79,6 +80,7 @@ def main(argv=None) -> list[dict]:
                               mixed_precision=args.mixed_precision)
     setup_logging(accelerator)
     with user_errors(f"--model_name_or_path {args.model_name_or_path}", OSError):
+        check_model_folder(args.model_name_or_path)
         config = AutoConfig.from_pretrained(args.model_name_or_path)
         found_task, zero_shot = checkpoint_task(config)
         task = args.task or found_task

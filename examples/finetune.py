@@ -31,18 +31,20 @@ from vl_models.training import (
     apply_presets,
     build_optimizer,
     build_scheduler,
+    check_model_folder,
     data_kwargs,
     default_output_dir,
     eval_dataloader,
     evaluate_classification,
     evaluate_retrieval,
-    load_checkpoint,
+    finished_run,
     load_quietly,
     load_task_data,
     make_accelerator,
     make_dataloader,
+    mark_finished,
     push_to_hub,
-    resolve_checkpoint,
+    resume_run,
     run_cli,
     run_config,
     save_final,
@@ -81,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_model(args, answers):
     """The task class of the checkpoint's method; VQA gets the answer vocabulary of the data as labels."""
+    check_model_folder(args.model_name_or_path)
     config = AutoConfig.from_pretrained(args.model_name_or_path)
     task_class = vl_models.get_method(config.model_type).task_classes[args.task]
     kwargs = {"attn_implementation": args.attn_implementation}
@@ -120,11 +123,12 @@ def main(argv=None) -> dict:
     scheduler = build_scheduler(optimizer.optimizer, warmup, total, name=args.lr_scheduler_type)
     accelerator.register_for_checkpointing(scheduler)
     checkpoint_dir = args.output_dir / "checkpoints"
-    step = 0
-    with user_errors("--resume_from_checkpoint"):
-        resume = resolve_checkpoint(args.resume_from_checkpoint, checkpoint_dir)
-    if resume is not None:
-        step = load_checkpoint(accelerator, resume)["step"]
+    done = finished_run(args, total)
+    if done is not None:
+        logger.info("%s already finished at update %d: nothing to do (a larger --max_train_steps trains on)",
+                    args.output_dir, done)
+        return {"step": done, "metrics": {}, "output_dir": str(args.output_dir)}
+    step, resumed = resume_run(accelerator, args, checkpoint_dir)
 
     def evaluate(step: int) -> dict:
         if args.task == "retrieval":
@@ -158,7 +162,8 @@ def main(argv=None) -> dict:
     step, metrics = train_updates(accelerator, args, model=model, train_dl=train_dl, collator=collator,
                                   optimizer=optimizer, scheduler=scheduler, step=step, total=total,
                                   per_epoch=per_epoch, checkpoint_dir=checkpoint_dir, evaluate=evaluate,
-                                  forward=forward, rows=lambda batch: batch["input_ids"].shape[0], desc=args.task)
+                                  forward=forward, rows=lambda batch: batch["input_ids"].shape[0], desc=args.task,
+                                  resumed=resumed)
     save_final(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process:
         write_results(args.output_dir / "eval_results.json",
@@ -167,6 +172,7 @@ def main(argv=None) -> dict:
         if args.push_to_hub:
             logger.info("pushed to %s", push_to_hub(accelerator.unwrap_model(model), processor, args.hub_model_id,
                                                      args.hub_private_repo, args.output_dir / "eval_results.json"))
+        mark_finished(args.output_dir, step)
     accelerator.end_training()
     return {"step": step, "metrics": metrics, "output_dir": str(args.output_dir)}
 

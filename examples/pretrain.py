@@ -39,18 +39,21 @@ from vl_models.training import (
     apply_presets,
     build_optimizer,
     build_scheduler,
+    check_model_folder,
     default_output_dir,
+    finished_run,
     load_captions,
-    load_checkpoint,
     make_accelerator,
     make_dataloader,
+    mark_finished,
     parse_overrides,
     push_to_hub,
     ramp,
-    resolve_checkpoint,
+    resume_run,
     retrieval_inputs,
     run_cli,
     run_config,
+    run_lock,
     save_final,
     schedule,
     setup_logging,
@@ -60,7 +63,7 @@ from vl_models.training import (
     write_results,
     zero_shot_retrieval,
 )
-from vl_models.training.data import mix_sources, read_text_lines
+from vl_models.training.data import add_cache_dir_arg, mix_sources, read_text_lines
 from vl_models.training.learning import describe_signals, from_scratch_warnings, learning_signals
 
 logger = logging.getLogger("pretrain")
@@ -104,6 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--validation_fraction", type=float, default=0.05,
                    help="held out for validation when the data has no validation split")
     g.add_argument("--eval_max_images", type=int, default=1000, help="validation images used by zero-shot eval")
+    add_cache_dir_arg(g)
     add_training_args(parser)
     args = parser.parse_args(argv)
     apply_presets(args, TRAINING_PRESETS[args.size])
@@ -122,6 +126,7 @@ def build_model(args):
     if args.model_name_or_path:
         from transformers import AutoProcessor
 
+        check_model_folder(args.model_name_or_path)
         model = spec.pretraining_class.from_pretrained(args.model_name_or_path, **attn, **overrides)
         processor = AutoProcessor.from_pretrained(args.model_name_or_path)
     elif args.text_tower or args.vision_tower:
@@ -174,7 +179,7 @@ def unimodal_sources(args) -> tuple:
                 return read_text_lines(data)
         # another seed: the built-in Shapes data then gives other images and captions than the pairs'
         return load_captions(data, num_train=args.num_train_images, num_val=0, image_size=args.shapes_image_size,
-                             seed=args.seed + offset, splits=("train",))[0]["train"]
+                             seed=args.seed + offset, splits=("train",), cache_dir=args.cache_dir)[0]["train"]
 
     return (source(args.text_data, 1) if args.text_data else None,
             source(args.image_data, 2) if args.image_data else None)
@@ -189,13 +194,18 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     accelerator = make_accelerator(args, args.output_dir / "logs")
     setup_logging(accelerator)
+    with run_lock(args.output_dir, enabled=accelerator.is_main_process):  # one run per --output_dir
+        return pretrain(args, accelerator)
+
+
+def pretrain(args, accelerator) -> dict:
     set_seed(args.seed)
     with user_errors("model", OSError):
         model, processor = build_model(args)
     config, model_class = model.config, type(model)
     data, info = load_captions(args.data, image_dir=args.image_dir, num_train=args.num_train_images,
                                num_val=args.num_val_images, image_size=args.shapes_image_size, seed=args.seed,
-                               validation_fraction=args.validation_fraction)
+                               validation_fraction=args.validation_fraction, cache_dir=args.cache_dir)
     if args.text_data or args.image_data:
         if not accepts(model_class, "text_input_ids"):
             raise UserError(f"--text_data / --image_data need a method that trains on text-only and image-only "
@@ -219,12 +229,12 @@ def main(argv=None) -> dict:
     ramp_alpha = accepts(model_class, "alpha") and hasattr(config, "alpha")
     checkpoint_dir = args.output_dir / "checkpoints"
 
-    step = 0
-    with user_errors("--resume_from_checkpoint"):
-        resume = resolve_checkpoint(args.resume_from_checkpoint, checkpoint_dir)
-    if resume is not None:
-        step = load_checkpoint(accelerator, resume)["step"]
-        logger.info("resumed from %s at update %d", resume, step)
+    done = finished_run(args, total)
+    if done is not None:
+        logger.info("%s already finished at update %d: nothing to do (a larger --max_train_steps trains on)",
+                    args.output_dir, done)
+        return {"step": done, "metrics": {}, "output_dir": str(args.output_dir)}
+    step, resumed = resume_run(accelerator, args, checkpoint_dir)
     # zero-shot retrieval needs ITC features (the visual tokenizer has none)
     has_itc = hasattr(accelerator.unwrap_model(model).base_model, "get_image_features")
     val_inputs = retrieval_inputs(data["validation"], processor, args.eval_max_images) \
@@ -271,7 +281,7 @@ def main(argv=None) -> dict:
     step, metrics = train_updates(accelerator, args, model=model, train_dl=train_dl, collator=collator,
                                   optimizer=optimizer, scheduler=scheduler, step=step, total=total,
                                   per_epoch=per_epoch, checkpoint_dir=checkpoint_dir, evaluate=evaluate,
-                                  forward=forward, rows=batch_rows, desc="pre-training")
+                                  forward=forward, rows=batch_rows, desc="pre-training", resumed=resumed)
     save_final(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process:
         write_results(args.output_dir / "eval_results.json", [
@@ -281,6 +291,7 @@ def main(argv=None) -> dict:
         if args.push_to_hub:
             logger.info("pushed to %s", push_to_hub(accelerator.unwrap_model(model), processor, args.hub_model_id,
                                                      args.hub_private_repo, args.output_dir / "eval_results.json"))
+        mark_finished(args.output_dir, step)
     accelerator.end_training()
     return {"step": step, "metrics": metrics, "output_dir": str(args.output_dir)}
 

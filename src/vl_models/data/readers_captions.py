@@ -80,7 +80,10 @@ def read_image_folder(
     with its line number and field rather than deep inside ``datasets``."""
     data_dir = existing_path(data_dir, "image folder")
     metadata = existing_path(data_dir / "metadata.jsonl", "metadata file (file_name + text per line)")
-    for line, record in enumerate(load_jsonl(metadata), start=1):
+    records = load_jsonl(metadata)
+    if not records:  # `datasets` would fail with an IndexError deep inside its folder builder
+        raise ValueError(f"{metadata}: no records; expected one {{\"file_name\": ..., \"{text_column}\": ...}} per line")
+    for line, record in enumerate(records, start=1):
         name = field(record, "file_name", metadata, f"line {line}", str)
         field(record, text_column, metadata, f"line {line} (file_name={name!r})", (str, list))
         image_file(data_dir, name, metadata, f"line {line}")
@@ -105,12 +108,15 @@ def read_parquet(
     files = [data_files] if isinstance(data_files, str | os.PathLike) else list(data_files)
     if not files:
         raise ValueError("`data_files` must name at least one parquet file, got an empty list")
+    rows = 0
     for path in files:
         existing_path(path, "parquet file")
         try:
-            pq.read_schema(path)
+            rows += pq.ParquetFile(path).metadata.num_rows
         except Exception as error:  # pyarrow raises several types for a damaged file
             raise ValueError(f"{path}: not a readable parquet file ({error})") from None
+    if rows == 0:  # `datasets` would fail deep inside its builder
+        raise ValueError(f"{', '.join(str(p) for p in files)}: no rows")
     ds = datasets.load_dataset(
         "parquet", data_files=[str(p) for p in files], split="train",
         cache_dir=None if cache_dir is None else str(cache_dir),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .checkpoint import (
     LATEST_FILE,
     STATE_FILE,
+    check_model_folder,
     check_pickles,
     checkpoint_problems,
     latest_checkpoint,
@@ -38,6 +39,7 @@ from .evaluation import (
     zero_shot_retrieval,
 )
 from .guard import NonFiniteGuard, NonFiniteLossError
+from .lock import LOCK_FILE, run_lock
 from .logging import LOG_FILE, JsonlTracker, Throughput, build_trackers, read_log, setup_logging
 from .loop import (
     FINETUNE_DEFAULTS,
@@ -45,13 +47,17 @@ from .loop import (
     LossMeter,
     add_training_args,
     apply_presets,
+    check_training_args,
     default_output_dir,
+    finished_run,
     load_quietly,
     loss_scale,
     make_accelerator,
+    mark_finished,
     optimizer_step,
     parse_overrides,
     push_to_hub,
+    resume_run,
     run_config,
     save_final,
     schedule,
@@ -63,8 +69,15 @@ from .optim import build_optimizer, build_scheduler, param_groups, ramp, warmup_
 
 __all__ = [
     "NonFiniteGuard",
+    "LOCK_FILE",
+    "check_training_args",
+    "finished_run",
+    "mark_finished",
+    "resume_run",
+    "run_lock",
     "NonFiniteLossError",
     "checkpoint_problems",
+    "check_model_folder",
     "check_pickles",
     "FINETUNE_DEFAULTS",
     "LATEST_FILE",

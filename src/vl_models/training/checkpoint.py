@@ -110,6 +110,18 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
+def check_model_folder(name_or_path: str | os.PathLike) -> None:
+    """Before `from_pretrained` of a local folder: a damaged safetensors file raises ValueError naming it (the
+    loader's own error is a bare `SafetensorError` without the file). Hub ids and other paths pass."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+
+
 def checkpoint_problems(folder: str | os.PathLike, *, checksums: bool = True) -> list[str]:
     """What is wrong with a checkpoint folder, one line per file ([] when it is whole): a missing or unreadable
     `trainer_state.json`, a listed file missing or of another size or SHA-256 (`checksums=False` skips hashing),
@@ -122,6 +134,8 @@ def checkpoint_problems(folder: str | os.PathLike, *, checksums: bool = True) ->
         state = json.loads(state_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         return [f"{STATE_FILE}: unreadable ({error})"]
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        return [f"{STATE_FILE}: no update number (`step`, an int >= 0)"]
     problems = []
     for name, expected in (state.get(FILES_KEY) or {}).items():
         path = folder / name
@@ -158,11 +172,9 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
     listing the problems when there are checkpoints but none is whole."""
     root = Path(checkpoint_dir)
     candidates = list(reversed(list_checkpoints(root)))
-    pointer = root / LATEST_FILE
-    if pointer.is_file():
-        named = root / pointer.read_text().strip()
-        if named.is_dir() and is_complete(named):
-            candidates = [named] + [c for c in candidates if c != named]
+    named = _named_by_latest(root)
+    if named is not None and named.is_dir() and is_complete(named):
+        candidates = [named] + [c for c in candidates if c != named]
     rejected = []
     for folder in candidates:
         problems = checkpoint_problems(folder)
@@ -173,6 +185,20 @@ def latest_checkpoint(checkpoint_dir: str | os.PathLike) -> Path | None:
     if rejected:
         raise ValueError(f"no usable checkpoint in {root}: " + " | ".join(rejected))
     return None
+
+
+def _named_by_latest(root: Path) -> Path | None:
+    """The `step_<n>` folder of `root` that the `latest` file names; None (with a warning) when it names anything
+    else: a path (`../other-run/checkpoints/step_12` would resume another run's state) or undecodable bytes."""
+    pointer = root / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    if _STEP_DIR.match(name) is None:
+        logger.warning("%s names %r, not a step_<n> folder beside it; using the newest complete checkpoint",
+                       pointer, name[:200])
+        return None
+    return root / name
 
 
 def resolve_checkpoint(spec: str | os.PathLike | None, checkpoint_dir: str | os.PathLike) -> Path | None:
@@ -268,6 +294,7 @@ __all__ = [
     "CRASH_ENV",
     "LATEST_FILE",
     "STATE_FILE",
+    "check_model_folder",
     "check_pickles",
     "checkpoint_problems",
     "file_manifest",

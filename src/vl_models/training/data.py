@@ -95,12 +95,12 @@ def _hold_out(ds: datasets.Dataset, fraction: float, seed: int) -> dict[str, dat
     return {"train": parts["train"], "validation": parts["test"]}
 
 
-def _caption_files(data: str, image_dir: str | None, splits, fraction: float, seed: int) -> dict:
+def _caption_files(data: str, image_dir: str | None, splits, fraction: float, seed: int, cache_dir) -> dict:
     path = _check_path(data)
     if path.is_dir():
-        return _hold_out(read_image_folder(path, check_images=False), fraction, seed)
+        return _hold_out(read_image_folder(path, check_images=False, cache_dir=cache_dir), fraction, seed)
     if path.suffix == ".parquet":
-        return _hold_out(read_parquet(path, check_images=False), fraction, seed)
+        return _hold_out(read_parquet(path, check_images=False, cache_dir=cache_dir), fraction, seed)
     if path.suffix == ".json":
         full = read_karpathy_captions(path, image_dir or path.parent, check_images=False)
         out = {s: full.filter(lambda r, k=KARPATHY_SPLITS[s]: r in k, input_columns="split") for s in splits}
@@ -113,17 +113,19 @@ def _caption_files(data: str, image_dir: str | None, splits, fraction: float, se
 
 def load_captions(data: str, *, image_dir: str | None = None, splits=("train", "validation"),
                   num_train: int = 1000, num_val: int = 200, num_test: int = 200, image_size: int = 64,
-                  seed: int = 0, validation_fraction: float = 0.05) -> tuple[datasets.DatasetDict, dict]:
+                  seed: int = 0, validation_fraction: float = 0.05, cache_dir: str | None = None
+                  ) -> tuple[datasets.DatasetDict, dict]:
     """Image-caption data (`image`, `captions`) for pre-training and retrieval -> (splits, info).
 
     data: "shapes" (the built-in benchmark), a Karpathy-split JSON (splits from its records; images under
     `image_dir`, default the JSON's folder), a folder with images + metadata.jsonl, or a parquet file (the last
     two hold out `validation_fraction` as the validation split). Rows with unreadable images are dropped and
-    counted: `info["skipped_images"]`.
+    counted: `info["skipped_images"]`. `cache_dir`: where `datasets` keeps the arrow copies of a folder or
+    parquet files (default: its own cache, `HF_DATASETS_CACHE`).
     """
     return load_task_data("captions", data, image_dir=image_dir, splits=splits, num_train=num_train,
                           num_val=num_val, num_test=num_test, image_size=image_size, seed=seed,
-                          validation_fraction=validation_fraction)
+                          validation_fraction=validation_fraction, cache_dir=cache_dir)
 
 
 def read_text_lines(path: str) -> datasets.Dataset:
@@ -158,7 +160,8 @@ def load_task_data(task: str, data: str, *, splits=("train", "validation"), imag
                    validation_data: str | None = None, validation_annotations_file: str | None = None,
                    answer_vocab: list[str] | None = None, num_train: int = 1000, num_val: int = 200,
                    num_test: int = 200, image_size: int = 64, seed: int = 0,
-                   validation_fraction: float = 0.05) -> tuple[datasets.DatasetDict, dict]:
+                   validation_fraction: float = 0.05, cache_dir: str | None = None
+                   ) -> tuple[datasets.DatasetDict, dict]:
     """The splits of one task -> (DatasetDict, info). Formats per task (docs/training.md):
 
     - captions / retrieval: see `load_captions`.
@@ -178,7 +181,7 @@ def load_task_data(task: str, data: str, *, splits=("train", "validation"), imag
                                  seed=seed, tasks=(SHAPES_TASK[task],))
             out = dict(select_task(built, SHAPES_TASK[task]))
         elif task in ("captions", "retrieval"):
-            out = _caption_files(data, image_dir, splits, validation_fraction, seed)
+            out = _caption_files(data, image_dir, splits, validation_fraction, seed, cache_dir)
         elif task == "vqa":
             out = _vqa_files(data, splits, image_dir, annotations_file, validation_data,
                              validation_annotations_file, answer_vocab)
@@ -238,6 +241,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shapes_image_size", type=int, default=64, help="Shapes: rendered image side in pixels")
     g.add_argument("--itm_k", type=int, default=16, help="retrieval: ITM re-ranks each query's top k by ITC (0: rank by ITC alone)")
     g.add_argument("--eval_max_images", type=int, default=None, help="retrieval: evaluate on the first N images")
+    add_cache_dir_arg(g)
+
+
+def add_cache_dir_arg(group) -> None:
+    group.add_argument("--cache_dir", default=None,
+                       help="where `datasets` writes its arrow copies and locks of an image folder or parquet data "
+                            "(default: its cache, $HF_DATASETS_CACHE or ~/.cache/huggingface/datasets)")
 
 
 def data_kwargs(args) -> dict:
@@ -245,7 +255,8 @@ def data_kwargs(args) -> dict:
     return {"image_dir": args.image_dir, "annotations_file": args.annotations_file,
             "instances_file": args.instances_file, "validation_data": args.validation_data,
             "validation_annotations_file": args.validation_annotations_file, "num_train": args.num_train_images,
-            "num_val": args.num_val_images, "num_test": args.num_test_images, "image_size": args.shapes_image_size}
+            "num_val": args.num_val_images, "num_test": args.num_test_images, "image_size": args.shapes_image_size,
+            "cache_dir": args.cache_dir}
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -280,5 +291,5 @@ def make_dataloader(ds: datasets.Dataset, collator, batch_size: int, *, shuffle:
     )
 
 
-__all__ = ["EpochSampler", "UserError", "add_data_args", "data_kwargs", "load_captions", "load_task_data",
+__all__ = ["EpochSampler", "UserError", "add_cache_dir_arg", "add_data_args", "data_kwargs", "load_captions", "load_task_data",
            "make_dataloader", "mix_sources", "read_text_lines", "run_cli", "user_errors"]

@@ -23,7 +23,8 @@ from ..configuration_utils import check_field_names
 from ..data.collators import sample_seed
 from ..layers.accumulation import accumulating
 from ..layers.codebook import VectorQuantizer
-from .checkpoint import save_checkpoint, write_atomic
+from .checkpoint import STATE_FILE, load_checkpoint, resolve_checkpoint, save_checkpoint, write_atomic
+from .data import UserError, user_errors
 from .guard import NonFiniteGuard, describe_event
 from .logging import Throughput, build_trackers
 
@@ -86,13 +87,39 @@ FINETUNE_DEFAULTS = {"per_device_train_batch_size": 32, "learning_rate": 1e-4}
 
 
 def apply_presets(args: argparse.Namespace, defaults: dict) -> argparse.Namespace:
-    """Fill the flags left unset (None) from `defaults`, e.g. `TRAINING_PRESETS[size]`."""
+    """Fill the flags left unset (None) from `defaults`, e.g. `TRAINING_PRESETS[size]`, then check them."""
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.push_to_hub and not args.hub_model_id:
         raise SystemExit("error: --push_to_hub needs --hub_model_id")
+    check_training_args(args)
     return args
+
+
+# flag -> (smallest value, whether None is allowed); floats must also be finite
+_FLAG_MINIMUMS = {
+    "per_device_train_batch_size": (1, False), "per_device_eval_batch_size": (1, False),
+    "gradient_accumulation_steps": (1, False), "logging_steps": (1, False), "num_train_epochs": (1, False),
+    "max_train_steps": (1, True), "num_warmup_steps": (0, True), "checkpointing_steps": (0, False),
+    "checkpoints_total_limit": (0, False), "eval_steps": (0, False), "max_consecutive_skips": (1, False),
+    "num_workers": (0, False), "weight_decay": (0, False), "max_grad_norm": (0, False),
+}
+
+
+def check_training_args(args: argparse.Namespace) -> None:
+    """Refuse flag values that would crash later (`--logging_steps 0`: a ZeroDivisionError after training
+    started) or do something else than asked (`--checkpointing_steps -1`: a checkpoint every update) with a
+    `UserError` naming the flag."""
+    for name, (least, optional) in _FLAG_MINIMUMS.items():
+        if not hasattr(args, name) or (getattr(args, name) is None and optional):
+            continue
+        value = getattr(args, name)
+        if value is None or not math.isfinite(value) or value < least:
+            raise UserError(f"--{name} must be >= {least}, got {value}")
+    lr = getattr(args, "learning_rate", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--learning_rate must be finite and > 0, got {lr}")
 
 
 def run_config(args: argparse.Namespace, **extra) -> dict:
@@ -147,6 +174,46 @@ def schedule(args, batches_per_epoch: int) -> tuple[int, int]:
         args.max_train_steps = args.num_train_epochs * per_epoch
     args.num_train_epochs = math.ceil(args.max_train_steps / per_epoch)
     return per_epoch, args.max_train_steps
+
+
+RESUME_MUST_MATCH = ("method", "size", "task")  # flags a checkpoint's state only fits with their own values
+
+
+def resume_run(accelerator, args, checkpoint_dir: Path) -> tuple[int, dict | None]:
+    """`--resume_from_checkpoint` -> (the update to continue from, the checkpoint's trainer state), or (0, None)
+    for a fresh start. A checkpoint saved with another `--method`, `--size` or `--task` is refused before its state
+    is loaded into a model it does not fit."""
+    with user_errors("--resume_from_checkpoint"):
+        folder = resolve_checkpoint(args.resume_from_checkpoint, checkpoint_dir)
+        if folder is None:
+            return 0, None
+        saved = json.loads((folder / STATE_FILE).read_text()).get("args") or {}
+        for key in RESUME_MUST_MATCH:
+            if key in saved and hasattr(args, key) and str(saved[key]) != str(getattr(args, key)):
+                raise UserError(f"--resume_from_checkpoint: {folder} was saved by a run with --{key} {saved[key]}, "
+                                f"this one has --{key} {getattr(args, key)}")
+    state = load_checkpoint(accelerator, folder)
+    logger.info("resumed from %s at update %d", folder, state["step"])
+    return state["step"], state
+
+
+def finished_run(args, total: int) -> int | None:
+    """The last update of a run that already ended in `--output_dir` (its final model saved, its results
+    written), when this one would only restart it: `--resume_from_checkpoint latest` and no more updates asked
+    for. The same command that restarts a preempted job is then a no-op on a finished one."""
+    marker = Path(args.output_dir) / STATE_FILE
+    if args.resume_from_checkpoint != "latest" or not marker.is_file():
+        return None
+    try:
+        done = json.loads(marker.read_text())["step"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return done if isinstance(done, int) and done >= total else None
+
+
+def mark_finished(output_dir: Path, step: int) -> None:
+    """Written last by the main process, once everything the run was asked to do is done (`finished_run`)."""
+    write_atomic(Path(output_dir) / STATE_FILE, json.dumps({"step": step, "finished": True}))
 
 
 def step_generator(seed: int, micro_step: int, rank: int, device, *, global_rng: bool = False
@@ -218,22 +285,30 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: floa
 
 
 def train_updates(accelerator, args, *, model, train_dl, collator, optimizer, scheduler, step: int, total: int,
-                  per_epoch: int, checkpoint_dir, evaluate, forward, rows, desc: str) -> tuple[int, dict]:
-    """The update loop examples/pretrain.py and finetune.py share, from update `step` (0, or where a checkpoint
-    left off: the epoch's first batches are skipped so a resumed run sees the data the uninterrupted one did) to
-    `total`. `forward(batch, step, micro_step)` returns (model output, extra values to log); `rows(batch)` counts
-    the batch's examples for samples/s. Per update: the non-finite guard, the window's means every
-    `--logging_steps`, a checkpoint every `--checkpointing_steps`, `evaluate(step)` every `--eval_steps`, and once at
-    the end unless the last update just did. Returns (the last update, the last metrics)."""
+                  per_epoch: int, checkpoint_dir, evaluate, forward, rows, desc: str,
+                  resumed: dict | None = None) -> tuple[int, dict]:
+    """The update loop examples/pretrain.py and finetune.py share, from update `step` (0, or where the checkpoint
+    `resumed` (its trainer state) left off: the epoch's first batches are skipped and the logging window's sums
+    restored, so a resumed run sees the data and logs the values the uninterrupted one did) to `total`.
+    `forward(batch, step, micro_step)` returns (model output, extra values to log); `rows(batch)` counts the
+    batch's examples for samples/s. Per update: the non-finite guard, the window's means every `--logging_steps`, a
+    checkpoint every `--checkpointing_steps`, `evaluate(step)` every `--eval_steps`, and once at the end unless the
+    last update just did. Returns (the last update, the last metrics)."""
     meter, speed, metrics = LossMeter(), Throughput(), {}
+    meter.load_state_dict((resumed or {}).get("log_window"), accelerator)
     guard = NonFiniteGuard(args.max_consecutive_skips)  # a non-finite loss skips the update on every process
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=desc)
-    micro_step, start_epoch = step * args.gradient_accumulation_steps, step // per_epoch
+    start_epoch = step // per_epoch
+    skip = (step - start_epoch * per_epoch) * args.gradient_accumulation_steps
+    # an epoch's last update may take fewer micro-batches (accelerate syncs at the end of the data loader): count
+    # the micro-batches of whole epochs, not step x accumulation, or a resumed run draws other negatives
+    micro_step = start_epoch * len(train_dl) + skip
     model.train()
-    for epoch in range(start_epoch, args.num_train_epochs):
+    epochs = range(start_epoch, args.num_train_epochs) if step < total else ()  # a finished run trains no more
+    for epoch in epochs:
         train_dl.set_epoch(epoch)
         collator.set_epoch(epoch)
-        skip = (step - epoch * per_epoch) * args.gradient_accumulation_steps if epoch == start_epoch else 0
+        skip = skip if epoch == start_epoch else 0
         for batch in accelerator.skip_first_batches(train_dl, skip) if skip else train_dl:
             with accelerator.accumulate(model):
                 # teachers and codebooks change once per update (not per micro-batch); the codebook statistics of
@@ -262,8 +337,8 @@ def train_updates(accelerator, args, *, model, train_dl, collator, optimizer, sc
                 accelerator.log(values, step=step)
                 bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, checkpoint_dir, step, {"epoch": epoch, "args": vars(args)},
-                                args.checkpoints_total_limit)
+                state = {"epoch": epoch, "args": vars(args), "log_window": meter.state_dict(accelerator)}
+                save_checkpoint(accelerator, checkpoint_dir, step, state, args.checkpoints_total_limit)
                 speed.reset()
             if args.eval_steps and step % args.eval_steps == 0:
                 metrics = evaluate(step)
@@ -299,6 +374,30 @@ class LossMeter:
                 self.sums[key] = self.sums.get(key, 0) + torch.where(finite, value, 0.0)
                 self.counts[key] = self.counts.get(key, 0) + finite.float()
         self.count += 1
+
+    def state_dict(self, accelerator) -> dict:
+        """The open window's sums of every process, for a checkpoint (call on every process: it gathers)."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {"keys": []}
+        local = torch.stack([self.sums[k] for k in keys] + [self.counts[k] for k in keys])
+        every = accelerator.gather(local[None].to(accelerator.device)).cpu()  # (processes, 2 x keys)
+        return {"keys": keys, "count": self.count, "values": every.tolist()}  # float32 -> JSON floats exactly
+
+    def load_state_dict(self, state: dict | None, accelerator) -> None:
+        """Reopen the window a checkpoint saved, each process with its own sums (on another number of processes
+        the first takes them all: the logged means are the same, up to rounding)."""
+        if not state or not state.get("keys"):
+            return
+        keys, values = state["keys"], torch.tensor(state["values"], dtype=torch.float32)
+        if len(values) == accelerator.num_processes:
+            row = values[accelerator.process_index]
+        else:
+            row = values.sum(0) if accelerator.is_main_process else torch.zeros_like(values[0])
+        row = row.to(accelerator.device)
+        self.sums = {k: row[i].clone() for i, k in enumerate(keys)}
+        self.counts = {k: row[len(keys) + i].clone() for i, k in enumerate(keys)}
+        self.count = int(state.get("count", 0))
 
     def mean(self, accelerator) -> dict[str, float]:
         """Call on every process (it all-reduces)."""
