@@ -68,6 +68,11 @@ def test_weights_of_another_method_under_a_rewritten_model_type_stop_the_load(al
     assert exit_info.value.code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]  # after transformers' progress bars
     assert last.startswith(f"error: --model_name_or_path {folder}: ") and "missing tensors (vlmae." in last
+    # the Hub side's loader (`vl_models.hub.load_for_task`, used to push a head of a checkpoint)
+    from vl_models.hub.push import load_for_task
+
+    with pytest.raises(ValueError, match=r"missing tensors \(vlmae\."):
+        load_for_task(folder, "vqa")
 
 
 @pytest.mark.parametrize("method", vl_models.list_methods())

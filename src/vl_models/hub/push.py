@@ -173,7 +173,8 @@ def load_for_task(name_or_path: str | Path, task: str, **kwargs):
     """Load the `task` head ("pretraining", "base", "retrieval", "vqa", "grounding", "nlvr2") of a
     checkpoint's method, e.g. a VQA model from a pre-training checkpoint. kwargs go to `from_pretrained`
     (num_labels, revision, ...). Returns (model, loading_info); the keys the checkpoint lacks (newly
-    initialised) and the keys the head does not use are logged as a warning, grouped by module."""
+    initialised) and the keys the head does not use are logged as a warning, grouped by module. Keys beyond the
+    head's fresh modules and the method's pre-training-only ones raise ValueError (`check_loaded_keys`)."""
     from transformers import AutoConfig
 
     hub_keys = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")
@@ -183,6 +184,7 @@ def load_for_task(name_or_path: str | Path, task: str, **kwargs):
     if task not in classes:
         raise ValueError(f"`task` must be one of {sorted(classes)} for {spec.name}, got {task!r}")
     model, info = classes[task].from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    model.check_loaded_keys(info, name_or_path)  # weights that do not fit stop here instead of loading as random
     parts = [f"{label}: {_summarize(info[key])}" for key, label in (
         ("missing_keys", "newly initialised (not in the checkpoint)"),
         ("unexpected_keys", "in the checkpoint but unused by this head"),
