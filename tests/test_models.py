@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 import vl_models
 from conftest import make_batch
 from vl_models.layers.align_fuse import sample_hard_negatives
+from vl_models.layers.attention import Attention
 
 METHODS = vl_models.list_methods()
 NO_DROPOUT = {"text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
@@ -523,3 +524,33 @@ def test_resize_token_embeddings_grows_the_vocabulary_everywhere(method, tmp_pat
         other.resize_token_embeddings(new)
         assert other.get_input_embeddings().weight.shape[0] == new == other.config.text_config.vocab_size
         assert other.get_output_embeddings() is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_models_that_cross_attend_to_padded_keys_refuse_flash_attention(method):
+    """transformers' flash-attention path unpads the queries with the key padding mask (it assumes queries and keys
+    are one sequence), so cross-attention to padded keys (image queries to caption tokens) gives wrong outputs:
+    such a model must not claim flash support. Every Attention call of a pre-training and every task forward on
+    padded captions is recorded; the rule is checked, whatever the kernel, without a GPU."""
+    padded_cross = []
+
+    def record(module, args, kwargs):
+        named = dict(zip(("hidden_states", "attention_mask", "key_value_states"), args)) | kwargs
+        if named.get("key_value_states") is not None and named.get("attention_mask") is not None:
+            padded_cross.append(module)
+
+    spec = vl_models.get_method(method)
+    for task, cls in {"pretraining": spec.pretraining_class, **spec.task_classes}.items():
+        padded_cross.clear()
+        model = build(method, cls)
+        hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in model.modules()
+                 if isinstance(m, Attention)]
+        batch = make_batch(model.config)
+        if task == "nlvr2":
+            batch["pixel_values"] = torch.stack([batch["pixel_values"], batch["pixel_values"].flip(0)], dim=1)
+        with torch.no_grad():
+            model(**batch)
+        for hook in hooks:
+            hook.remove()
+        if padded_cross:
+            assert cls._supports_flash_attn is False, f"{cls.__name__} cross-attends to padded keys"

@@ -89,6 +89,9 @@ class VqMimForPreTraining(AlignFusePreTrainingMixin, VqMimPreTrainedModel):
     """
 
     _backbone_class = VqMimModel
+    # the MIM fusion's image queries cross-attend to padded caption keys; transformers' flash path unpads queries
+    # with the key mask (one sequence assumed), so flash stays off here (the downstream models keep it)
+    _supports_flash_attn = False
 
     def __init__(self, config: VqMimConfig, visual_tokenizer: nn.Module | None = None):
         super().__init__(config)
