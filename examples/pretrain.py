@@ -87,6 +87,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--visual_tokenizer", default=None,
                    help=f"vl_beit: a trained visual tokenizer (folder/Hub id saved by --method {TOKENIZER_METHOD})")
     g.add_argument("--max_length", type=int, default=40, help="caption length in tokens, [CLS] and [SEP] included")
+    g.add_argument("--whole_word_masking", action="store_true",
+                   help="MLM masks whole words (a word's sub-tokens together, as VLMo and METER), not single tokens")
     g.add_argument("--reset_teacher", action="store_true",
                    help="vilta: copy the student's language encoder and MLM head into the frozen teacher before "
                         "training (stage 2 of a run whose stage 1 trained with alpha=0; docs/methods/vilta.md)")
@@ -211,7 +213,9 @@ def pretrain(args, accelerator) -> dict:
             raise UserError(f"--text_data / --image_data need a method that trains on text-only and image-only "
                             f"rows (vl_beit), not {args.method}")
         data["train"] = mix_sources(data["train"], *unimodal_sources(args))
-    collator = PreTrainingCollator(processor, config, model_class, seed=args.seed, max_length=args.max_length)
+    with user_errors("--whole_word_masking"):  # a slow tokenizer or a method without MLM: one line, exit 2
+        collator = PreTrainingCollator(processor, config, model_class, seed=args.seed, max_length=args.max_length,
+                                       whole_word_masking=args.whole_word_masking)
     batch_size = args.per_device_train_batch_size
     train_dl = make_dataloader(data["train"], collator, batch_size, seed=args.seed, drop_last=True,
                                num_workers=args.num_workers)  # equal batches on every rank: ITC gathers them

@@ -3,8 +3,11 @@ reproducibility (per sample, whatever the batch), unreadable images skipped and 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
+import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,6 +27,7 @@ from vl_models.data.collators import (
     load_image,
     sample_generator,
     sample_seed,
+    whole_word_ids,
 )
 from vl_models.layers.masking import mask_text, random_masking
 
@@ -162,6 +166,151 @@ def test_unreadable_image_is_skipped_and_counted(shapes, vlmae, caplog):
     assert "broken.jpg (row 99)" in caplog.text and "1 skipped" in caplog.text
     with pytest.raises(ValueError, match="every image of this batch"):
         collator([bad])
+
+
+# ---------------------------------------------------------------- whole-word masking
+
+TOY = "a bluish triangle, unbelievably small"  # 'bluish' is 4 pieces, 'unbelievably' 9, ',' a word of its own
+TOY_TOKENS = ["[CLS]", "a", "bl", "##u", "##is", "##h", "triangle", ",", "u", "##n", "##be", "##l", "##ie", "##v",
+              "##a", "##b", "##ly", "small", "[SEP]"]
+TOY_WORDS = [-1, 0, 1, 1, 1, 1, 2, 3, *[4] * 9, 5, -1]
+
+
+def captioned(ds, indices, captions):
+    """Rows of `ds` at `indices` (their images and indices) with the given captions instead of theirs."""
+    return [{**row, "caption": caption} for row, caption in zip(rows(ds, indices), captions)]
+
+
+def word_groups(words: list[int]) -> dict[int, list[int]]:
+    groups = {}
+    for position, word in enumerate(words):
+        if word >= 0:
+            groups.setdefault(word, []).append(position)
+    return groups
+
+
+def test_whole_word_ids_of_a_known_tokenization(vlmae):
+    _, processor = vlmae
+    texts = [TOY, "purple hexagons"]
+    enc = processor(text=texts)
+    assert processor.tokenizer.convert_ids_to_tokens(enc["input_ids"][0]) == TOY_TOKENS
+    words = whole_word_ids(processor.tokenizer, texts, enc["input_ids"], enc["attention_mask"])
+    assert words.tolist() == [TOY_WORDS, [-1, 0, 1, -1] + [-1] * 15]  # padding is -1 too
+    short = processor(text=texts, max_length=8)  # truncated after "triangle", [SEP] last
+    words = whole_word_ids(processor.tokenizer, texts, short["input_ids"], short["attention_mask"])
+    assert words.tolist() == [[-1, 0, 1, 1, 1, 1, 2, -1], [-1, 0, 1, -1, -1, -1, -1, -1]]
+    with pytest.raises(ValueError, match="whole-word masking: the tokenizer encodes text 0"):
+        whole_word_ids(processor.tokenizer, texts, enc["input_ids"].flip(0), enc["attention_mask"].flip(0))
+
+
+def test_whole_word_masking_masks_whole_words_of_the_toy_caption(shapes, vlmae):
+    """40 samples of the toy caption (40 indices, so 40 draws): the masked positions are whole words, never [CLS],
+    [SEP] or padding; the 4- and 9-piece words do get masked, whole. Per-token masking splits them."""
+    config, processor = vlmae
+    batch_rows = captioned(shapes["captions_train"], range(12), [TOY] * 12) * 4
+    batch_rows = [{**row, INDEX_KEY: i} for i, row in enumerate(batch_rows)]
+    groups = word_groups(TOY_WORDS)
+    batch = PreTrainingCollator(processor, config, vl_models.VlmaeForPreTraining, whole_word_masking=True)(batch_rows)
+    chosen = batch["mlm_labels"] != -100
+    masked_words = set()
+    for row in chosen:
+        assert not row[[0, len(TOY_WORDS) - 1]].any()
+        for word, positions in groups.items():
+            assert row[positions].all() or not row[positions].any(), (word, row)
+            masked_words |= {word} if row[positions].all() else set()
+    assert {1, 4} <= masked_words
+    per_token = PreTrainingCollator(processor, config, vl_models.VlmaeForPreTraining)(batch_rows)["mlm_labels"] != -100
+    assert any(0 < int(row[groups[4]].sum()) < len(groups[4]) for row in per_token)
+
+
+def test_whole_word_masking_of_a_mixed_batch(shapes):
+    """VL-BEiT's mixed batches: the captions of pairs and the text-only rows are both masked by whole words."""
+    config, processor = vl_models.get_config("vl_beit", "tiny"), vl_models.build_processor("vl_beit", "tiny")
+    collator = PreTrainingCollator(processor, config, vl_models.VlBeitForPreTraining, whole_word_masking=True)
+    pairs = [{**row, INDEX_KEY: i} for i, row in enumerate(captioned(shapes["captions_train"], range(8), [TOY] * 8))]
+    texts = [{"image": None, "captions": [TOY], INDEX_KEY: 8 + i} for i in range(8)]
+    batch = collator(pairs + texts)
+    assert batch["mlm_labels"].shape == batch["text_mlm_labels"].shape == (8, len(TOY_WORDS))
+    for labels in (batch["mlm_labels"], batch["text_mlm_labels"]):
+        chosen = labels != -100
+        assert chosen.any(1).all()
+        for positions in word_groups(TOY_WORDS).values():
+            assert (chosen[:, positions].all(1) | ~chosen[:, positions].any(1)).all()
+
+
+def test_whole_word_masking_rate_and_determinism(shapes, vlmae):
+    """Long captions of multi-piece words: about `mlm_probability` of the tokens are masked; a sample's masks
+    depend on (seed, epoch, index) only and equal `mask_text` with the sample's generator and its word ids."""
+    config, processor = vlmae
+    ds, vocabulary = shapes["captions_train"], (TOY + " zebras quickly jumped purple hexagons").replace(",", "").split()
+    captions = [" ".join(random.Random(i).choices(vocabulary, k=30)) for i in range(12)]
+    collator = PreTrainingCollator(processor, config, vl_models.VlmaeForPreTraining, whole_word_masking=True, seed=7,
+                                   max_length=128)
+    counted = total = 0
+    for epoch in range(6):  # 72 draws of 12 captions
+        collator.set_epoch(epoch)
+        batch = collator(captioned(ds, range(12), captions))
+        words = whole_word_ids(processor.tokenizer, captions, batch["input_ids"], batch["attention_mask"])
+        chosen = batch["mlm_labels"] != -100
+        assert not chosen[words == -1].any()  # never [CLS], [SEP] or padding
+        counted, total = counted + int(chosen.sum()), total + int((words >= 0).sum())
+    assert abs(counted / total - config.mlm_probability) < 0.03
+    collator.set_epoch(2)
+    first = collator(captioned(ds, [3, 9], [captions[3], captions[9]]))
+    other = collator(captioned(ds, [9, 1, 3], [captions[9], captions[1], captions[3]]))  # other batch and padding
+    text = config.text_config
+    for position, index, elsewhere in ((0, 3, 2), (1, 9, 0)):
+        ids = processor(text=[captions[index]], max_length=128)["input_ids"]
+        words = whole_word_ids(processor.tokenizer, [captions[index]], ids, torch.ones_like(ids))
+        ref_ids, ref_labels = mask_text(ids, mask_token_id=text.mask_token_id, vocab_size=text.vocab_size,
+                                        special_token_ids=text.special_token_ids, whole_word_ids=words,
+                                        probability=config.mlm_probability, generator=sample_generator(7, 2, index))
+        length = ids.shape[1]
+        for batch, at in ((first, position), (other, elsewhere)):
+            assert torch.equal(batch["mlm_input_ids"][at, :length], ref_ids[0])
+            assert torch.equal(batch["mlm_labels"][at, :length], ref_labels[0])
+    collator.set_epoch(3)
+    assert not torch.equal(collator(captioned(ds, [3, 9], [captions[3], captions[9]]))["mlm_labels"],
+                           first["mlm_labels"])
+
+
+def test_whole_word_masking_refuses_a_slow_tokenizer_or_no_text_masking(vlmae):
+    config, processor = vlmae
+    slow = SimpleNamespace(tokenizer=SimpleNamespace(is_fast=False))
+    with pytest.raises(ValueError, match="fast .*tokenizer"):
+        PreTrainingCollator(slow, config, whole_word_masking=True)
+    with pytest.raises(ValueError, match="needs text masking"):
+        PreTrainingCollator(processor, config, text_masking=False, whole_word_masking=True)
+
+
+@pytest.mark.slow
+def test_pretrain_flag_reaches_the_collator(tmp_path, monkeypatch):
+    """examples/pretrain.py --whole_word_masking: two updates of a tiny VLMAE with batches from a collator that masks
+    whole words; a method without MLM (the visual tokenizer) exits 2 in one line."""
+    spec = importlib.util.spec_from_file_location("vl_examples_pretrain_wwm",
+                                                  Path(__file__).resolve().parents[1] / "examples" / "pretrain.py")
+    pretrain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pretrain)
+    made = []
+
+    class Recording(PreTrainingCollator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+            self.calls = 0
+
+        def __call__(self, batch_rows):
+            self.calls += 1
+            return super().__call__(batch_rows)
+
+    monkeypatch.setattr(pretrain, "PreTrainingCollator", Recording)
+    tiny = ["--size", "tiny", "--num_train_images", "16", "--num_val_images", "4", "--per_device_train_batch_size",
+            "4", "--max_train_steps", "2", "--checkpointing_steps", "0", "--eval_steps", "0", "--whole_word_masking"]
+    pretrain.main(["--method", "vlmae", *tiny, "--output_dir", str(tmp_path / "vlmae")])
+    assert len(made) == 1 and made[0].whole_word_masking and made[0].calls >= 2
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain.run_cli(pretrain.main, ["--method", "vl_beit_tokenizer", *tiny, "--output_dir", str(tmp_path / "t")])
+    assert exit_info.value.code == 2
 
 
 def test_retrieval_collator_caption_choice(shapes, vlmae):

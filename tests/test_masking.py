@@ -208,6 +208,43 @@ def test_mask_text_whole_word_groups():
         assert len(words) == 1 and torch.equal(labels[i] != -100, word_ids[i] == words[0])
 
 
+def test_mask_text_whole_word_rate_is_the_token_rate():
+    """Words are chosen with `probability`, so each token still is (its word's draw): about 15% of tokens masked,
+    every word all or nothing, and BERT's 80/10/10 still holds token by token."""
+    ids, attn = _batch(b=128, t=128, seed=4)
+    word_len = torch.randint(1, 5, (128, 128), generator=gen(6))  # words of 1-4 sub-tokens
+    word_ids = torch.stack([torch.repeat_interleave(torch.arange(128), word_len[i])[:128] for i in range(128)])
+    word_ids[(ids <= 3) | (attn == 0)] = -1
+    masked, labels = _mask(ids, attn, whole_word_ids=word_ids)
+    chosen = labels != -100
+    assert abs(int(chosen.sum()) / int((word_ids >= 0).sum()) - 0.15) < 0.02
+    assert not chosen[word_ids == -1].any()
+    for i in range(0, 128, 8):
+        for w in word_ids[i].unique().tolist():
+            group = chosen[i][word_ids[i] == w]
+            assert w == -1 or group.all() or not group.any()
+    frac_mask = float((masked[chosen] == MASK_ID).sum()) / int(chosen.sum())
+    assert abs(frac_mask - 0.8) < 0.04
+
+
+def test_mask_text_whole_word_toy_case():
+    """[CLS] w0 w1 w1 w1 w2 [SEP] [PAD]: the masked positions are always a union of {1}, {2, 3, 4}, {5}."""
+    ids = torch.tensor([[1, 10, 11, 12, 13, 14, 2, 0]])
+    attn = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 0]])
+    word_ids = torch.tensor([[-1, 0, 1, 1, 1, 2, -1, -1]])
+    words = [{1}, {2, 3, 4}, {5}]
+    seen = set()
+    for seed in range(200):
+        _, labels = _mask(ids, attn, whole_word_ids=word_ids, probability=0.3, generator=gen(seed))
+        positions = set(torch.nonzero(labels[0] != -100).flatten().tolist())
+        picked = tuple(i for i, word in enumerate(words) if word <= positions)
+        assert positions == set().union(*(words[i] for i in picked)), positions  # whole words, nothing else
+        seen.add(picked)
+    assert {(0,), (1,), (2,), (0, 1, 2)} <= seen  # each word alone (the fallback among them) and all three
+    _, labels = _mask(ids, attn, whole_word_ids=word_ids, probability=1.0)
+    assert torch.equal(labels[0], torch.tensor([-100, 10, 11, 12, 13, 14, -100, -100]))
+
+
 def test_mask_text_at_least_one_per_row():
     ids, attn = _batch(b=50, t=12, seed=3)
     _, labels = _mask(ids, attn, probability=0.0)

@@ -123,6 +123,24 @@ class _Collator:
         return dict(self.processor(images=images, text=texts, max_length=self.max_length, return_tensors="pt"))
 
 
+def whole_word_ids(tokenizer, texts: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Word index of each token [B, T] from the fast `tokenizer`'s `word_ids()`, -1 at [CLS], [SEP] and padding:
+    the `whole_word_ids` of `mask_text`. `input_ids` / `attention_mask` are the processor's encoding of `texts`.
+
+    The processor's output keeps no `word_ids()`, so the texts are tokenized again (fast, next to image decoding),
+    truncated at the batch's padded length: a row the processor truncated is exactly that long, so the ids match,
+    which is checked (a processor that tokenizes otherwise would get the wrong words)."""
+    encoding = tokenizer(list(texts), truncation=True, max_length=input_ids.shape[1], return_token_type_ids=False)
+    words = torch.full_like(input_ids, -1)
+    for i in range(len(texts)):
+        ids = encoding["input_ids"][i]
+        if int(attention_mask[i].sum()) != len(ids) or input_ids[i, : len(ids)].tolist() != ids:
+            raise ValueError(f"whole-word masking: the tokenizer encodes text {i} ({texts[i]!r}) as {ids}, not as "
+                             f"the processor's {input_ids[i][attention_mask[i].bool()].tolist()}")
+        words[i, : len(ids)] = torch.tensor([-1 if w is None else w for w in encoding.word_ids(i)])
+    return words
+
+
 def _caption(row: dict, generator: torch.Generator | None) -> str:
     """The row's caption: `caption` (str) or one of `captions`, drawn from `generator` (None: the first)."""
     if "caption" in row:
@@ -148,16 +166,34 @@ class PreTrainingCollator(_Collator):
     `text_mlm_labels`), image-only rows as `image_pixel_values` (+ `image_bool_masked_pos` or `image_image_mask`).
     Captions of pairs are masked at `config.mvlm_probability` where the config has one, others at
     `mlm_probability`.
+
+    whole_word_masking: choose words, not tokens, for MLM (VLMo, METER; BERT's later checkpoints): all sub-tokens of
+    a chosen word are masked together (each then BERT's 80/10/10 on its own, as BERT's own code does). Words are the
+    fast tokenizer's `word_ids()` (its pre-tokenizer's words: BERT's splits punctuation off). The option lives here,
+    not in the config, because the collator is the one place that sees the caption's text and tokenizer (as in
+    transformers' `DataCollatorForLanguageModeling(whole_word_mask=True)`); a model masking a batch itself has only
+    token ids, so its fallback masking stays per token.
     """
 
     def __init__(self, processor, config, model_class=None, *, text_masking: bool | None = None,
-                 image_masking: str | bool | None = None, seed: int = 0, max_length: int | None = None):
+                 image_masking: str | bool | None = None, whole_word_masking: bool = False, seed: int = 0,
+                 max_length: int | None = None):
         super().__init__(processor, seed=seed, max_length=max_length)
         self.config = config
         if text_masking is None:
             text_masking = hasattr(config, "mlm_probability") and (
                 model_class is None or accepts(model_class, "mlm_input_ids"))
         self.text_masking = bool(text_masking)
+        self.whole_word_masking = bool(whole_word_masking)
+        if self.whole_word_masking:
+            # refused rather than ignored: a run asking for it should not silently train without it
+            if not self.text_masking:
+                raise ValueError(f"`whole_word_masking` needs text masking, which this collator does not do "
+                                 f"({type(config).__name__}, {getattr(model_class, '__name__', None)})")
+            tokenizer = getattr(processor, "tokenizer", None)
+            if not getattr(tokenizer, "is_fast", False):
+                raise ValueError(f"`whole_word_masking` needs a fast (tokenizers-backed) tokenizer for its "
+                                 f"`word_ids()`, got {type(tokenizer).__name__}")
         self.image_mask_key, self.image_masking = self._image_masking(config, model_class, image_masking)
         self.mixed = accepts(model_class, "text_input_ids") and accepts(model_class, "image_pixel_values")
 
@@ -202,18 +238,18 @@ class PreTrainingCollator(_Collator):
         batch = self._encode([im[0] for im in images], texts)
         if self.text_masking:
             probability = getattr(self.config, "mvlm_probability", self.config.mlm_probability)
-            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_text(batch, generators, probability)
+            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_text(batch, generators, probability, texts)
         if self.image_masking is not None:
             batch[self.image_mask_key] = torch.cat([self._mask_image(g) for g in generators])  # [B, N]
         return batch
 
     def _texts(self, rows: list[dict], positions: list[int]) -> dict:
         generators = [self._generator(row, i) for row, i in zip(rows, positions)]
-        batch = dict(self.processor(text=[_caption(row, g) for row, g in zip(rows, generators)],
-                                    max_length=self.max_length, return_tensors="pt"))
+        texts = [_caption(row, g) for row, g in zip(rows, generators)]
+        batch = dict(self.processor(text=texts, max_length=self.max_length, return_tensors="pt"))
         if self.text_masking:
             batch["mlm_input_ids"], batch["mlm_labels"] = self._mask_text(batch, generators,
-                                                                          self.config.mlm_probability)
+                                                                          self.config.mlm_probability, texts)
         return {f"text_{key}": value for key, value in batch.items()}
 
     def _images(self, rows: list[dict], positions: list[int]) -> dict:
@@ -226,9 +262,10 @@ class PreTrainingCollator(_Collator):
             batch[f"image_{self.image_mask_key}"] = torch.cat(masks)  # [B, N]
         return batch
 
-    def _mask_text(self, batch, generators, probability: float):
+    def _mask_text(self, batch, generators, probability: float, texts: list[str]):
         text = self.config.text_config
         ids, attention = batch["input_ids"], batch["attention_mask"]
+        words = whole_word_ids(self.processor.tokenizer, texts, ids, attention) if self.whole_word_masking else None
         masked, labels = ids.clone(), torch.full_like(ids, -100)
         for i, generator in enumerate(generators):
             # mask the unpadded row, so the draws do not depend on the batch's padded length
@@ -236,6 +273,7 @@ class PreTrainingCollator(_Collator):
             row_ids, row_labels = mask_text(
                 ids[i : i + 1, :length], mask_token_id=text.mask_token_id, vocab_size=text.vocab_size,
                 special_token_ids=text.special_token_ids, probability=probability, generator=generator,
+                whole_word_ids=None if words is None else words[i : i + 1, :length],
             )
             masked[i, :length], labels[i, :length] = row_ids[0], row_labels[0]
         return masked, labels
@@ -332,4 +370,5 @@ __all__ = [
     "load_image",
     "sample_generator",
     "sample_seed",
+    "whole_word_ids",
 ]

@@ -245,8 +245,8 @@ def mask_text(
     """BERT masking -> (masked_input_ids [B, T], labels [B, T] with -100 at unmasked positions).
 
     Each maskable token is chosen with ``probability``; chosen tokens become [MASK] 80%, a random
-    non-special token 10%, unchanged 10%. Special tokens (and ``mask_token_id``) and padding
-    (``attention_mask == 0``) are never chosen. With ``whole_word_ids`` ([B, T], word index per token,
+    non-special token 10%, unchanged 10% (drawn per token, also within a whole word, as BERT's code
+    does). Special tokens (and ``mask_token_id``) and padding (``attention_mask == 0``) are never chosen. With ``whole_word_ids`` ([B, T], word index per token,
     -1 for specials, which are then never chosen) the choice is made per word so all sub-tokens of a
     word are masked together. Every row with a maskable token gets at least one masked token (one
     whole word), so the MLM loss is always defined.
