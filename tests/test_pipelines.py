@@ -287,3 +287,97 @@ def test_a_processor_and_a_vl_models_model_are_required(checkpoints, tmp_path):
     bert = BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8))
     with pytest.raises(ValueError, match="`model` must be a vl_models model .*BertModel with model_type 'bert'"):
         pipeline(VQA, model=bert, processor=processor, device="cpu")
+
+
+# Batching: for any batch_size a pipeline gives what batch_size=1 gives. The inputs differ in image size and
+# text length, so a batch pads its texts; scores may move by float rounding only (padding changes the attention's
+# summation shapes), labels, answers, tokens and their order not at all.
+BATCH_IMAGES = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8))
+                for seed, shape in enumerate([(40, 56, 3), (24, 24, 3), (64, 36, 3)])]
+LABELS = ["red circle", "two small blue squares above a large cross", "cross"]
+# task -> (head, key of the text in a dict input, per-image texts of different lengths, call keyword arguments)
+BATCHED = {
+    ZERO_SHOT: ("retrieval", None, None, {"candidate_labels": LABELS}),
+    MATCHING: ("retrieval", "text", [["a red circle"], ["two small blue squares above a large cross", "a circle"],
+                                     ["a cross", "a square", "a large red circle left of a small blue square"]], {}),
+    VQA: ("vqa", "question", ["what?", "what color is the small circle left of the big square?", "is it red?"],
+          {"top_k": 2}),
+    GROUNDING: ("grounding", "text", ["the circle", "the small blue square right of the large red cross", "a cross"],
+                {}),
+    FILL_MASK: ("pretraining", "text", ["a [MASK]", "a large [MASK] circle left of a small blue [MASK]",
+                                        "the [MASK] square"], {"top_k": 3}),
+}
+SCORE_KEYS = {"score", "itm_score", "itc_score"}
+RANKED_BY = ("label", "answer", "token")  # what names a candidate in a ranked list (zero-shot, VQA, fill-mask)
+
+
+def assert_same_ranking(got, expected, key, where):
+    """Scores position by position within 1e-5, and each candidate with its own score: so the order is exact,
+    except that candidates whose scores are within 1e-5 of each other (a random tiny model has near-ties) may
+    swap, also across the top_k cut."""
+    assert [g["score"] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-5), where
+    by_key = {e[key]: e for e in expected}
+    for i, candidate in enumerate(got):
+        same = by_key.get(candidate[key])
+        assert candidate["score"] == pytest.approx(expected[-1]["score"] if same is None else same["score"],
+                                                   abs=1e-5), f"{where}[{i}]"
+        if same is not None:
+            assert {**candidate, "score": same["score"]} == same, f"{where}[{i}]"
+
+
+def assert_same_results(got, expected, where=""):
+    """Equal structure, texts and labels; scores within 1e-5 and boxes (pixels) within 1e-3."""
+    assert type(got) is type(expected), where
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), where
+        for key, value in expected.items():
+            if key in SCORE_KEYS and value is not None:
+                assert got[key] == pytest.approx(value, abs=1e-5), f"{where}[{key!r}]"
+            elif key == "box":
+                assert got[key] == pytest.approx(value, abs=1e-3), f"{where}[{key!r}]"
+            else:
+                assert_same_results(got[key], value, f"{where}[{key!r}]")
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), where
+        key = next((k for k in RANKED_BY if expected and isinstance(expected[0], dict) and k in expected[0]), None)
+        if key is not None:
+            assert_same_ranking(got, expected, key, where)
+            return
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_same_results(g, e, f"{where}[{i}]")
+    else:
+        assert got == expected, where
+
+
+def batch_pipe(method, task, checkpoints):
+    folder = checkpoints[method][BATCHED[task][0]]
+    if task not in vl_models.supported_tasks(loaded(folder)[0]):  # refused: test_unsupported_task_errors
+        pytest.skip(f"{method} {BATCHED[task][0]} does not support {task}")
+    return make(task, folder)
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("method", METHODS)
+def test_batched_results_equal_one_at_a_time(method, task, checkpoints):
+    pipe = batch_pipe(method, task, checkpoints)
+    _, key, texts, kwargs = BATCHED[task]
+    inputs = BATCH_IMAGES if key is None else [{"image": i, key: t} for i, t in zip(BATCH_IMAGES, texts)]
+    one = pipe(inputs, **kwargs)
+    assert len(one) == len(inputs)
+    assert_same_results(one, [pipe(item, **kwargs) for item in inputs], "single")
+    for batch_size in (2, 3, 4):  # a short last batch, one full batch, a batch larger than the inputs
+        assert_same_results(pipe(inputs, batch_size=batch_size, **kwargs), one, f"batch_size={batch_size}")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_batched_key_dataset_streams_equal_results(task, checkpoints):
+    datasets = pytest.importorskip("datasets")
+    from transformers.pipelines.pt_utils import KeyDataset
+
+    pipe = batch_pipe(METHODS[0], task, checkpoints)
+    _, key, texts, kwargs = BATCHED[task]
+    text = () if key is None else (texts[1],)  # one text for every image of the dataset
+    dataset = KeyDataset(datasets.Dataset.from_dict({"image": BATCH_IMAGES}), "image")
+    one = pipe(BATCH_IMAGES, *text, **kwargs)
+    assert_same_results(list(pipe(dataset, *text, **kwargs)), one, "batch_size=1")
+    assert_same_results(list(pipe(dataset, *text, batch_size=2, **kwargs)), one, "batch_size=2")

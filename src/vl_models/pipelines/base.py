@@ -4,6 +4,7 @@ capability check, and image / text input checks."""
 from __future__ import annotations
 
 import os
+import types
 
 import numpy as np
 import PIL.Image
@@ -102,28 +103,63 @@ def check_top_k(top_k) -> int:
     return top_k
 
 
+class _WithText(torch.utils.data.Dataset):
+    """Each image of a dataset with the same text, read when the pipeline asks for it."""
+
+    def __init__(self, images, key: str, text):
+        self.images, self.key, self.text = images, key, text
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], self.key: self.text}
+
+
+def with_text(image, key: str, text):
+    """Each image of a list, a torch dataset (`KeyDataset(dataset, "image")`) or a generator -> `{"image", key}`
+    with the same `text`; one image -> one dict. A dataset or generator stays lazy, so `Pipeline.__call__`
+    streams it as it would the images themselves."""
+    if isinstance(image, list):
+        return [{"image": item, key: text} for item in image]
+    if isinstance(image, torch.utils.data.Dataset):
+        return _WithText(image, key, text)
+    if isinstance(image, types.GeneratorType):
+        return ({"image": item, key: text} for item in image)
+    return {"image": image, key: text}
+
+
 def pair_inputs(image, text, key: str):
     """`pipe(image, text)`, `pipe([images], text)` (one text for each image), `pipe([images], [texts])` (pairs),
-    or `pipe({"image": ..., key: ...})` / a list of such dicts -> what `Pipeline.__call__` iterates over."""
+    `pipe(dataset_or_generator_of_images, text)`, or `pipe({"image": ..., key: ...})` / a list, dataset or
+    generator of such dicts -> what `Pipeline.__call__` iterates over. Dicts are checked one by one in
+    `preprocess` (`check_pair`), so a dataset is never read up front."""
     if text is None:
-        items = image if isinstance(image, list) else [image]
-        for item in items:
-            if not isinstance(item, dict) or "image" not in item or key not in item:
-                raise ValueError(f"pass `{key}`, or dicts with 'image' and {key!r} keys; got {describe(item)}")
         return image
-    if isinstance(image, list):
-        if isinstance(text, list):
-            if len(text) != len(image):
-                raise ValueError(f"`image` and `{key}` lists must have the same length, got {len(image)} images "
-                                 f"and {len(text)} texts")
-            return [{"image": i, key: t} for i, t in zip(image, text)]
-        return [{"image": i, key: text} for i in image]
-    return {"image": image, key: text}
+    if isinstance(image, list) and isinstance(text, list):
+        if len(text) != len(image):
+            raise ValueError(f"`image` and `{key}` lists must have the same length, got {len(image)} images "
+                             f"and {len(text)} texts")
+        return [{"image": i, key: t} for i, t in zip(image, text)]
+    return with_text(image, key, text)
+
+
+def check_pair(inputs, key: str) -> None:
+    """One input of a pair pipeline: a dict with the image and its text."""
+    if not isinstance(inputs, dict) or "image" not in inputs or key not in inputs:
+        raise ValueError(f"pass `{key}`, or dicts with 'image' and {key!r} keys; got {describe(inputs)}")
 
 
 class VlPipeline(Pipeline):
     """Base of the vl_models pipelines: `model` must support `task_name` (see `capabilities`), `processor` is the
-    checkpoint's vl_models processor (tokenizer and image processor in one)."""
+    checkpoint's vl_models processor (tokenizer and image processor in one).
+
+    Batching (`batch_size=n`): transformers collates n `preprocess` outputs (texts padded on the right, pixels
+    concatenated, other values into lists), calls `_forward` once, splits every value of its output along the
+    first dimension and `postprocess`es each item as a batch of one. Hence: `preprocess` returns one item with a
+    batch dimension of 1; `_forward` returns per-item values only, batch dimension first, the first value a
+    tensor or list (it gives the batch size); `postprocess` reads item 0. With `batch_size=1` the same code runs
+    without collating or splitting, so the results are the same."""
 
     task_name: str
     _load_processor = None  # loaded when the checkpoint has one; __init__ says what to do when it has none
@@ -154,3 +190,8 @@ class VlPipeline(Pipeline):
 
     def encode_pair(self, image, text: str) -> dict:
         return {**self.encode_image(image), **self.encode_text([text])}
+
+    def model_inputs(self, inputs: dict) -> dict:
+        """The model's arguments from a (collated) batch of `encode_pair` outputs, pixels in the model's dtype."""
+        return {"pixel_values": inputs["pixel_values"].to(self.model.dtype), "input_ids": inputs["input_ids"],
+                "attention_mask": inputs["attention_mask"]}

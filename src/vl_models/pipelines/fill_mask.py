@@ -3,7 +3,7 @@ fusion encoder (transformers' `fill-mask` is text-only)."""
 
 from __future__ import annotations
 
-from .base import VlPipeline, check_no_kwargs, check_text, check_top_k, pair_inputs
+from .base import VlPipeline, check_no_kwargs, check_pair, check_text, check_top_k, pair_inputs
 from .capabilities import FILL_MASK
 
 
@@ -23,6 +23,7 @@ class VlFillMaskPipeline(VlPipeline):
         return {}, {}, ({} if top_k is None else {"top_k": check_top_k(top_k)})
 
     def preprocess(self, inputs):
+        check_pair(inputs, "text")
         text = check_text("text", inputs["text"])
         tokenizer = self.processor.tokenizer
         encoded = self.encode_pair(inputs["image"], text)
@@ -32,24 +33,28 @@ class VlFillMaskPipeline(VlPipeline):
         return encoded
 
     def _forward(self, inputs):
-        ids = inputs["input_ids"]
-        # the backbone's fused sequence starts with the text tokens for every method
-        fused = self.backbone(pixel_values=inputs["pixel_values"].to(self.model.dtype), input_ids=ids,
-                              attention_mask=inputs["attention_mask"]).multimodal_embeds  # [1, L(+image), D]
-        positions = (ids[0] == self.processor.tokenizer.mask_token_id).nonzero()[:, 0]  # [M]
-        return {"logits": self.model.mlm_head(fused[0, positions]), "input_ids": ids[0], "positions": positions}
+        ids = inputs["input_ids"]  # [B, L]
+        fused = self.backbone(**self.model_inputs(inputs)).multimodal_embeds  # [B, L(+image), D]
+        # the fused sequence starts with the text tokens for every method; the head runs on the masks only, and
+        # their logits go back to their places ([B, L, V], zero elsewhere) so that the loader can split the batch
+        is_mask = ids == self.processor.tokenizer.mask_token_id
+        masked = self.model.mlm_head(fused[:, :ids.shape[1]][is_mask])  # [masks in the batch, V]
+        logits = masked.new_zeros(*ids.shape, masked.shape[-1])
+        logits[is_mask] = masked
+        return {"logits": logits, "input_ids": ids}
 
     def postprocess(self, outputs, top_k=5):
         tokenizer = self.processor.tokenizer
+        ids = outputs["input_ids"][0]  # [L]: a batch's padding is special, so `sequence` skips it
+        positions = (ids == tokenizer.mask_token_id).nonzero()[:, 0]  # [M]
         # the head may be wider than the tokenizer (padded vocabulary): only real tokens are candidates
-        logits = outputs["logits"][:, :len(tokenizer)].float()  # [M, V]
-        probs = logits.softmax(-1)
+        probs = outputs["logits"][0, positions, :len(tokenizer)].float().softmax(-1)  # [M, V]
         results = []
-        for row, position in zip(probs, outputs["positions"].tolist()):
-            scores, ids = row.topk(min(top_k, row.numel()))
+        for row, position in zip(probs, positions.tolist()):
+            scores, tokens = row.topk(min(top_k, row.numel()))
             candidates = []
-            for score, token in zip(scores.tolist(), ids.tolist()):
-                filled = outputs["input_ids"].clone()
+            for score, token in zip(scores.tolist(), tokens.tolist()):
+                filled = ids.clone()
                 filled[position] = token
                 candidates.append({"score": score, "token": token, "token_str": tokenizer.decode([token]),
                                    "sequence": tokenizer.decode(filled, skip_special_tokens=True)})

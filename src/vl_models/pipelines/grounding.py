@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import VlPipeline, check_image, check_no_kwargs, check_text, image_size, pair_inputs
+from .base import VlPipeline, check_image, check_no_kwargs, check_pair, check_text, image_size, pair_inputs
 from .capabilities import GROUNDING
 
 
@@ -32,20 +32,19 @@ class VlVisualGroundingPipeline(VlPipeline):
         return {}, {}, {}
 
     def preprocess(self, inputs):
+        check_pair(inputs, "text")
         image = check_image(inputs["image"])
         text = check_text("text", inputs["text"])
         return {**self.encode_pair(image, text), "image_size": image_size(image), "text": text}
 
     def _forward(self, inputs):
-        size, text = inputs.pop("image_size"), inputs.pop("text")
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        outputs = self.model(**inputs)
-        score = getattr(outputs, "scores", None)
-        return {"box": outputs.pred_boxes[0], "score": None if score is None else score[0], "image_size": size,
-                "text": text}
+        outputs = self.model(**self.model_inputs(inputs))
+        # image_size and text: one per item (a list when collated), for the loader to split with the boxes
+        return {"box": outputs.pred_boxes, "score": getattr(outputs, "scores", None),  # [B, 4], [B]
+                "image_size": inputs["image_size"], "text": inputs["text"]}
 
     def postprocess(self, outputs):
         width, height = outputs["image_size"]
         score = outputs["score"]
-        return {"box": cxcywh_to_xyxy(outputs["box"], width, height),
-                "score": None if score is None else float(score), "text": outputs["text"]}
+        return {"box": cxcywh_to_xyxy(outputs["box"][0], width, height),
+                "score": None if score is None else float(score[0]), "text": outputs["text"]}

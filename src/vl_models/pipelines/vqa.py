@@ -4,7 +4,7 @@ transformers 5 removed its `visual-question-answering` pipeline (and refuses tha
 
 from __future__ import annotations
 
-from .base import VlPipeline, check_no_kwargs, check_text, check_top_k, pair_inputs
+from .base import VlPipeline, check_no_kwargs, check_pair, check_text, check_top_k, pair_inputs
 from .capabilities import VQA
 
 
@@ -25,14 +25,14 @@ class VlVisualQuestionAnsweringPipeline(VlPipeline):
         return {}, {}, ({} if top_k is None else {"top_k": check_top_k(top_k)})
 
     def preprocess(self, inputs):
+        check_pair(inputs, "question")
         return self.encode_pair(inputs["image"], check_text("question", inputs["question"]))
 
     def _forward(self, inputs):
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return {"logits": self.model(**inputs).logits[0]}  # [A]
+        return {"logits": self.model(**self.model_inputs(inputs)).logits}  # [B, A]
 
     def postprocess(self, outputs, top_k=5):
-        probs = outputs["logits"].float().sigmoid()
+        probs = outputs["logits"][0].float().sigmoid()
         scores, ids = probs.topk(min(top_k, probs.numel()))
         id2label = self.model.config.id2label
         return [{"score": float(s), "answer": id2label[int(i)]} for s, i in zip(scores, ids)]

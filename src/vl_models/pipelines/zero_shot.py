@@ -35,35 +35,37 @@ class VlZeroShotImageClassificationPipeline(VlPipeline):
 
     def _sanitize_parameters(self, candidate_labels=None, hypothesis_template=None, top_k=None, **kwargs):
         check_no_kwargs(type(self).__name__, kwargs, "candidate_labels, hypothesis_template and top_k")
-        preprocess = {}
+        # the labels are the same for every image of a call: `_forward` encodes them once per batch
+        forward, postprocess = {}, {}
         if candidate_labels is not None:
-            preprocess["candidate_labels"] = candidate_labels
+            if isinstance(candidate_labels, str):
+                candidate_labels = [label.strip() for label in candidate_labels.split(",") if label.strip()]
+            forward["candidate_labels"] = postprocess["candidate_labels"] = check_texts("candidate_labels",
+                                                                                       candidate_labels)
         if hypothesis_template is not None:
-            preprocess["hypothesis_template"] = hypothesis_template
-        postprocess = {} if top_k is None else {"top_k": check_top_k(top_k)}
-        return preprocess, {}, postprocess
+            check_text("hypothesis_template", hypothesis_template)
+            if "{}" not in hypothesis_template:
+                raise ValueError(f"`hypothesis_template` must contain '{{}}' where the label goes, got "
+                                 f"{describe(hypothesis_template)}")
+            forward["hypothesis_template"] = hypothesis_template
+        if top_k is not None:
+            postprocess["top_k"] = check_top_k(top_k)
+        return {}, forward, postprocess
 
-    def preprocess(self, image, candidate_labels=None, hypothesis_template=DEFAULT_TEMPLATE):
-        if isinstance(candidate_labels, str):
-            candidate_labels = [label.strip() for label in candidate_labels.split(",") if label.strip()]
-        labels = check_texts("candidate_labels", candidate_labels)
-        check_text("hypothesis_template", hypothesis_template)
-        if "{}" not in hypothesis_template:
-            raise ValueError(f"`hypothesis_template` must contain '{{}}' where the label goes, got "
-                             f"{describe(hypothesis_template)}")
-        texts = [hypothesis_template.replace("{}", label) for label in labels]  # other braces stay as they are
-        return {**self.encode_image(image), **self.encode_text(texts), "candidate_labels": labels}
+    def preprocess(self, image):
+        return self.encode_image(image)
 
-    def _forward(self, inputs):
+    def _forward(self, inputs, candidate_labels, hypothesis_template=DEFAULT_TEMPLATE):
+        texts = [hypothesis_template.replace("{}", label) for label in candidate_labels]  # other braces stay
+        text = self._ensure_tensor_on_device(self.encode_text(texts), device=self.device)
         backbone = self.backbone
-        image_feat = backbone.get_image_features(inputs["pixel_values"].to(self.model.dtype))  # [1, E]
-        text_feat = backbone.get_text_features(inputs["input_ids"], inputs["attention_mask"])  # [L, E]
-        logits = image_feat @ text_feat.t() / itc_temperature(self.model)  # [1, L]
-        return {"logits": logits[0], "candidate_labels": inputs["candidate_labels"]}
+        image_feat = backbone.get_image_features(inputs["pixel_values"].to(self.model.dtype))  # [B, E]
+        text_feat = backbone.get_text_features(text["input_ids"], text["attention_mask"])  # [L, E]
+        return {"logits": image_feat @ text_feat.t() / itc_temperature(self.model)}  # [B, L]
 
-    def postprocess(self, outputs, top_k=None):
-        scores = outputs["logits"].float().softmax(-1).tolist()
-        ranked = sorted(zip(scores, outputs["candidate_labels"]), key=lambda pair: -pair[0])
+    def postprocess(self, outputs, candidate_labels, top_k=None):
+        scores = outputs["logits"][0].float().softmax(-1).tolist()
+        ranked = sorted(zip(scores, candidate_labels), key=lambda pair: -pair[0])
         if top_k is not None:
             ranked = ranked[:top_k]
         return [{"score": score, "label": label} for score, label in ranked]
