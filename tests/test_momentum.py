@@ -126,3 +126,48 @@ def test_linear_ramp():
     assert linear_ramp(5, 0, 0.4) == 0.4
     with pytest.raises(ValueError, match="step"):
         linear_ramp(-1, 10, 0.4)
+
+
+def _lora_albef(pattern: str):
+    """ALBEF tiny with LoRA (PEFT) on the attention layers `pattern` matches, and one padded batch."""
+    peft = pytest.importorskip("peft")
+    import vl_models
+    from conftest import make_batch
+
+    torch.manual_seed(0)
+    model = vl_models.AlbefForPreTraining(vl_models.get_config("albef", "tiny", momentum=0.5))
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=pattern, init_lora_weights=False))
+    return wrapped.train(), model, make_batch(model.config)
+
+
+def test_lora_on_the_student_only_trains_and_the_teacher_keeps_following_the_base_weights():
+    """Used to raise "`pairs`: student and teacher parameters differ" at the first forward: PEFT renames a wrapped
+    layer's weights (`q_proj.base_layer.weight`) and adds its adapters to the student only."""
+    wrapped, model, batch = _lora_albef(r"^albef\..*\.(q_proj|v_proj)$")
+    student, teacher = model.albef.fusion.layers[0].cross_attn.fn.q_proj, \
+        model.momentum_model.fusion.layers[0].cross_attn.fn.q_proj
+    assert hasattr(student, "base_layer") and not hasattr(teacher, "base_layer")
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n, p in wrapped.named_parameters() if p.requires_grad)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    lora_b = student.lora_B["default"].weight.detach().clone()
+    for _ in range(2):
+        out = wrapped(**batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert torch.isfinite(out.loss)
+    assert not torch.equal(student.lora_B["default"].weight, lora_b)  # the adapters learn
+    # the base weights stay frozen, and the teacher, an EMA of them, stays equal to them
+    assert torch.equal(teacher.weight, student.base_layer.weight)
+
+
+def test_lora_on_student_and_teacher_mirrors_the_adapters_by_ema():
+    wrapped, model, batch = _lora_albef(r".*fusion.*\.(q_proj|v_proj)$")
+    student, teacher = model.albef.fusion.layers[0].cross_attn.fn.q_proj, \
+        model.momentum_model.fusion.layers[0].cross_attn.fn.q_proj
+    s, t = student.lora_A["default"].weight, teacher.lora_A["default"].weight
+    expected = torch.lerp(t.detach().clone(), s.detach(), 1.0 - model.config.momentum)
+    with torch.no_grad():
+        wrapped(**batch)  # a training forward takes one momentum step
+    assert torch.equal(t, expected) and not torch.equal(t, s)

@@ -57,9 +57,32 @@ class FeatureQueue(nn.Module):
         return f"dim={self.dim}, size={self.size}"
 
 
+def _unwrapped_names(module: nn.Module, getter: str) -> tuple[dict, dict]:
+    """(name -> tensor as if no PEFT adapter wrapped a layer, adapter name -> tensor). A PEFT tuner layer (LoRA's
+    `lora.Linear`: anything holding its original layer as `base_layer`) renames that layer's weights to
+    `<layer>.base_layer.weight` and adds its own (`<layer>.lora_A.default.weight`, ...)."""
+    wrapped = [f"{name}." for name, m in module.named_modules()
+               if name and isinstance(getattr(m, "base_layer", None), nn.Module)]
+    plain, adapters = {}, {}
+    for name, tensor in getattr(module, getter)():
+        layer = next((w for w in wrapped if name.startswith(w)), None)
+        if layer is None:
+            plain[name] = tensor
+        elif name.startswith(f"{layer}base_layer."):
+            plain[layer + name[len(f"{layer}base_layer."):]] = tensor
+        else:
+            adapters[name] = tensor
+    return plain, adapters
+
+
 def _paired_tensors(pairs: ModulePairs):
     """Matching (student, teacher) parameter and buffer lists; names must agree. A teacher tensor that two pairs
-    share (a tied weight: the MLM decoder is the word embeddings) is listed once, so an EMA step moves it once."""
+    share (a tied weight: the MLM decoder is the word embeddings) is listed once, so an EMA step moves it once.
+
+    PEFT adapters (LoRA on the student's attention): the wrapped layers' own weights pair with the teacher's
+    whether or not the teacher is wrapped too. Adapters pair with the teacher's when it has the same ones (a
+    target pattern that matched both: the teacher follows them by EMA) and are left out otherwise (the teacher
+    keeps following the base weights, which PEFT freezes)."""
     s_params, t_params, s_bufs, t_bufs = [], [], [], []
     seen = set()
     for student, teacher in pairs:
@@ -67,7 +90,10 @@ def _paired_tensors(pairs: ModulePairs):
             ("parameters", s_params, t_params, "named_parameters"),
             ("buffers", s_bufs, t_bufs, "named_buffers"),
         ):
-            s_named, t_named = dict(getattr(student, getter)()), dict(getattr(teacher, getter)())
+            (s_named, s_adapters), (t_named, t_adapters) = _unwrapped_names(student, getter), \
+                _unwrapped_names(teacher, getter)
+            if s_adapters.keys() == t_adapters.keys():  # mirrored adapters (or none at all)
+                s_named, t_named = {**s_named, **s_adapters}, {**t_named, **t_adapters}
             if s_named.keys() != t_named.keys():
                 diff = sorted(s_named.keys() ^ t_named.keys())[:5]
                 raise ValueError(f"`pairs`: student and teacher {kind} differ, e.g. {diff}")
