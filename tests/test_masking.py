@@ -298,3 +298,20 @@ def test_masking_from_mask_matches_the_given_mask():
         masking_from_mask(uneven, num_patches=16, batch_size=4)
     with pytest.raises(ValueError, match="image_mask"):
         masking_from_mask(given, num_patches=15, batch_size=4)
+
+
+def test_seeded_draws_equal_torchs_own():
+    """`layers.draws` only chooses where a draw is made (the generator's device) and where it goes: the numbers are
+    torch's own for the same generator state, so moving the call sites onto it changed no mask or negative."""
+    from vl_models.layers import draws
+
+    def pair(fn, *args):
+        return fn(*args, generator=torch.Generator().manual_seed(3))
+
+    assert torch.equal(draws.rand((4, 5), torch.Generator().manual_seed(3)), pair(torch.rand, (4, 5)))
+    assert torch.equal(draws.randn((4, 5), torch.Generator().manual_seed(3)), pair(torch.randn, (4, 5)))
+    assert torch.equal(draws.randint(2, 9, (7,), torch.Generator().manual_seed(3)), pair(torch.randint, 2, 9, (7,)))
+    assert torch.equal(draws.randperm(11, torch.Generator().manual_seed(3)), pair(torch.randperm, 11))
+    probs = torch.rand(6, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(draws.multinomial(probs, 2, torch.Generator().manual_seed(3)), pair(torch.multinomial, probs, 2))
+    assert draws.rand(3, None, "cpu").device.type == "cpu"

@@ -18,6 +18,7 @@ from transformers import initialization as init
 from ..utils import check_pretraining_pairs
 from .accumulation import PerUpdateState
 from .backbone import BackboneMixin
+from .draws import multinomial
 from .heads import MlmHead
 from .losses import (
     gather_no_grad,
@@ -274,10 +275,8 @@ def sample_hard_negatives(sim_i2t, sim_t2i, generator=None, uniform: float = 0.0
             hard = hard / hard.sum(-1, keepdim=True).clamp_min(1e-30)
             return (1 - uniform) * hard + uniform * others + 1e-8 * ~eye
 
-        # draw on the generator's device (a CPU generator cannot sample CUDA tensors), return on the batch's
-        draw = generator.device if generator is not None else sim_i2t.device
-        neg_image = torch.multinomial(weights(sim_t2i).to(draw), 1, generator=generator).squeeze(1)
-        neg_text = torch.multinomial(weights(sim_i2t).to(draw), 1, generator=generator).squeeze(1)
+        neg_image = multinomial(weights(sim_t2i), 1, generator).squeeze(1)
+        neg_text = multinomial(weights(sim_i2t), 1, generator).squeeze(1)
     return neg_image.to(sim_i2t.device), neg_text.to(sim_i2t.device)
 
 

@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 
 from vl_models.kernels import nearest_code
 from vl_models.layers.accumulation import PerUpdateState
+from vl_models.layers.draws import randint, randperm
 from vl_models.utils import check_range, describe
 
 
@@ -60,11 +61,6 @@ def _is_rank0() -> bool:
     return not _distributed() or dist.get_rank() == 0
 
 
-def _randint(high: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    where = generator.device if generator is not None else device
-    return torch.randint(high, (size,), generator=generator, device=where).to(device)
-
-
 def _check_positive_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {describe(value)}")
@@ -79,10 +75,9 @@ def kmeans(
     """
     n = x.shape[0]
     if n >= num_codes:
-        where = generator.device if generator is not None else x.device
-        start = torch.randperm(n, generator=generator, device=where)[:num_codes].to(x.device)
+        start = randperm(n, generator, x.device)[:num_codes]
     else:
-        start = _randint(n, num_codes, generator, x.device)
+        start = randint(0, n, (num_codes,), generator, x.device)
     centres = x[start].clone()  # [K, D]
     counts = torch.zeros(num_codes, device=x.device)
     for _ in range(iters):
@@ -339,7 +334,7 @@ class VectorQuantizer(PerUpdateState, nn.Module):
             # one random batch vector per code, drawn on rank 0 so every replica gets the same ones
             candidates = torch.empty(self.num_codes, self.dim, device=flat.device)
             if _is_rank0():
-                candidates = flat[_randint(flat.shape[0], self.num_codes, generator, flat.device)]
+                candidates = flat[randint(0, flat.shape[0], (self.num_codes,), generator, flat.device)]
             _broadcast_(candidates)
             self._set_codes(dead, candidates)
             self.steps_since_used.masked_fill_(dead, 0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vl_models.layers.draws import rand, randint
 from vl_models.utils import check_index_range, check_range, check_same_batch, check_tensor, describe
 
 
@@ -29,13 +30,6 @@ class MaskingOutput:
     ids_keep: torch.Tensor
     ids_restore: torch.Tensor
     mask: torch.Tensor
-
-
-def _rand(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Uniform [0, 1) numbers drawn on the generator's device, returned on ``device``."""
-    draw_device = generator.device if generator is not None else device
-    out = torch.rand(shape, generator=generator, device=draw_device)
-    return out if device is None else out.to(device)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -57,7 +51,7 @@ def random_masking(
         raise ValueError(f"`batch_size` and `num_patches` must be >= 1, got {batch_size} and {num_patches}")
     check_range("mask_ratio", mask_ratio, 0.0, 1.0)
     n_keep = num_kept(num_patches, mask_ratio)
-    noise = _rand((batch_size, num_patches), generator, device)  # [B, N]
+    noise = rand((batch_size, num_patches), generator, device)  # [B, N]
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(batch_size, num_patches, dtype=torch.bool, device=noise.device)
@@ -112,8 +106,7 @@ class _Uniforms:
 
     def __call__(self) -> float:
         if self.i == len(self.values):
-            device = self.generator.device if self.generator is not None else None
-            self.values = torch.rand(self.chunk, generator=self.generator, device=device).tolist()
+            self.values = rand(self.chunk, self.generator).tolist()
             self.i = 0
         self.i += 1
         return self.values[self.i - 1]
@@ -147,7 +140,7 @@ def _top_up(mask: torch.Tensor, count: int, generator: torch.Generator | None) -
     neighbour = (
         padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
     )
-    score = _rand(mask.shape, generator, mask.device) + (neighbour[0, 0] > 0).float()
+    score = rand(mask.shape, generator, mask.device) + (neighbour[0, 0] > 0).float()
     score[mask] = -1.0
     idx = torch.topk(score.flatten(), count).indices
     mask.view(-1)[idx] = True
@@ -263,19 +256,19 @@ def mask_text(
         maskable &= attention_mask.bool()
 
     if whole_word_ids is None:
-        chosen = _rand((batch, length), generator, device) < probability
+        chosen = rand((batch, length), generator, device) < probability
     else:
         words = whole_word_ids.long()
         maskable &= words >= 0
         # one draw per (row, word), shared by the word's tokens
         num_words = int(words.max()) + 1 if words.numel() else 1
-        word_draw = _rand((batch, max(num_words, 1)), generator, device)
+        word_draw = rand((batch, max(num_words, 1)), generator, device)
         chosen = word_draw.gather(1, words.clamp(min=0)) < probability
     chosen &= maskable
 
     # rows with nothing chosen get one random maskable token (and its whole word)
     need = maskable.any(1) & ~chosen.any(1)  # [B]
-    score = _rand((batch, length), generator, device).masked_fill(~maskable, -1.0)
+    score = rand((batch, length), generator, device).masked_fill(~maskable, -1.0)
     pos = score.argmax(1, keepdim=True)  # [B, 1]
     if whole_word_ids is None:
         extra = torch.zeros_like(chosen).scatter_(1, pos, True)
@@ -284,7 +277,7 @@ def mask_text(
     chosen |= extra & maskable & need[:, None]
 
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100)).long()
-    action = _rand((batch, length), generator, device)
+    action = rand((batch, length), generator, device)
     to_mask = chosen & (action < 0.8)
     to_random = chosen & (action >= 0.8) & (action < 0.9)
     num_allowed = vocab_size - len(special)  # the special ids are distinct and checked to be in the vocabulary
@@ -294,9 +287,7 @@ def mask_text(
     allowed[special_t.long()] = False
     # nonzero_static and torch.where instead of nonzero and boolean indexing: no read-back to the host
     allowed_ids = torch.nonzero_static(allowed, size=num_allowed).squeeze(1).to(input_ids.dtype)
-    draw_device = generator.device if generator is not None else device
-    pick = torch.randint(num_allowed, (batch, length), generator=generator, device=draw_device)
-    random_ids = allowed_ids[pick.to(device)]
+    random_ids = allowed_ids[randint(0, num_allowed, (batch, length), generator, device)]
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_token_id), input_ids)
     return torch.where(to_random, random_ids, masked), labels
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
+from vl_models.layers.draws import randn
 from vl_models.layers.losses import gather_no_grad
 from vl_models.utils import check_range, check_tensor
 
@@ -32,8 +33,7 @@ class FeatureQueue(nn.Module):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         # only through transformers' init functions: they skip tensors already loaded from a checkpoint
-        device = generator.device if generator is not None else self.features.device
-        noise = torch.randn(self.size, self.dim, generator=generator, device=device)
+        noise = randn((self.size, self.dim), generator, self.features.device)
         init.copy_(self.features, F.normalize(noise, dim=1))
         init.zeros_(self.ptr)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..utils import check_range, check_tensor, describe
+from .draws import multinomial, rand
 from .losses import masked_cross_entropy, soft_target_cross_entropy
 
 
@@ -54,8 +55,7 @@ def choose_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     maskable = _maskable(input_ids, attention_mask, special_token_ids)
     available = maskable.sum(1)  # [B]
     count = torch.clamp(torch.round(available * ratio).long(), min=min_tokens).minimum(available)
-    draw_device = generator.device if generator is not None else input_ids.device
-    score = torch.rand(input_ids.shape, generator=generator, device=draw_device).to(input_ids.device)
+    score = rand(input_ids.shape, generator, input_ids.device)
     score = score.masked_fill(~maskable, 2.0)  # content tokens sort first, in random order
     rank = score.argsort(1).argsort(1)  # [B, T] rank of each position in its row
     return (rank < count[:, None]) & maskable
@@ -88,8 +88,7 @@ def sample_replacements(logits: torch.Tensor, original: torch.Tensor, *, banned_
     scores = scores.masked_fill(excluded, float("-inf"))
     k = min(top_k or vocab, int((~banned).sum()) - 1)  # every row keeps at least k allowed tokens
     values, idx = scores.topk(k, dim=-1)  # [M, k]
-    draw_device = generator.device if generator is not None else scores.device
-    pick = torch.multinomial(values.softmax(-1).to(draw_device), 1, generator=generator).to(scores.device)
+    pick = multinomial(values.softmax(-1), 1, generator)
     return idx.gather(1, pick).squeeze(1).to(original.dtype)  # [M]
 
 

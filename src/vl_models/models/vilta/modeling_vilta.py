@@ -14,6 +14,7 @@ from transformers import initialization as init
 from ...layers import text_augment
 from ...layers.backbone import BackboneMixin
 from ...layers.coattention import CoAttentionTransformer
+from ...layers.draws import randint, randperm
 from ...layers.heads import MlmHead
 from ...layers.losses import contrastive_loss, select_masked
 from ...layers.masking import mlm_inputs
@@ -210,7 +211,7 @@ class ViltaForPreTraining(TiedMlmMixin, ViltaTowersMixin, ViltaPreTrainedModel):
         """(source rows [S], synthetic captions [S, T], rewritten positions [S, T]) for the rows whose caption
         could be rewritten, out of `itm_synthetic_ratio * B` drawn."""
         batch = input_ids.shape[0]
-        rows = _randperm(batch, generator, input_ids.device)[:round(self.config.itm_synthetic_ratio * batch)]
+        rows = randperm(batch, generator, input_ids.device)[:round(self.config.itm_synthetic_ratio * batch)]
         if not len(rows):
             return rows, input_ids[:0], torch.zeros_like(input_ids[:0], dtype=torch.bool)
         synthetic = self.synthesize_negatives(input_ids[rows], attention_mask[rows], generator)
@@ -222,8 +223,8 @@ class ViltaForPreTraining(TiedMlmMixin, ViltaTowersMixin, ViltaPreTrainedModel):
         cfg, model, batch = self.config, self.vilta, input_ids.shape[0]
         device = input_ids.device
         n_inbatch = round(cfg.itm_inbatch_ratio * batch) if batch > 1 else 0
-        rows_in = _randperm(batch, generator, device)[:n_inbatch]
-        partner = (rows_in + _randint(1, max(batch, 2), n_inbatch, generator, device)) % batch  # never itself
+        rows_in = randperm(batch, generator, device)[:n_inbatch]
+        partner = (rows_in + randint(1, max(batch, 2), (n_inbatch,), generator, device)) % batch  # never itself
         rows_syn, syn_ids, replaced = self._synthetic_rows(input_ids, attention_mask, generator)
         syn_mask = attention_mask[rows_syn]
         images = torch.cat([image_embeds, image_embeds[rows_in], image_embeds[rows_syn]])  # [B + n + S, 1 + N, D]
@@ -282,16 +283,6 @@ class ViltaForPreTraining(TiedMlmMixin, ViltaTowersMixin, ViltaPreTrainedModel):
         total = sum(getattr(cfg, f"{name[len('loss_'):]}_weight") * value for name, value in losses.items())
         return ViltaPreTrainingOutput(loss=total, **losses, itm_logits=itm_logits, mlm_logits=mlm_logits,
                                       **fields, **mlm_fields)
-
-
-def _randperm(n, generator, device):
-    draw_device = generator.device if generator is not None else device
-    return torch.randperm(n, generator=generator, device=draw_device).to(device)
-
-
-def _randint(low, high, size, generator, device):
-    draw_device = generator.device if generator is not None else device
-    return torch.randint(low, high, (size,), generator=generator, device=draw_device).to(device)
 
 
 class ViltaForImageTextRetrieval(ImageTextRetrievalMixin, ViltaPreTrainedModel):

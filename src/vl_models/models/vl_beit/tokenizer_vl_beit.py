@@ -18,6 +18,7 @@ from transformers.utils import ModelOutput
 
 from ...kernels import nearest_code
 from ...layers.codebook import VectorQuantizer
+from ...layers.draws import randn, randperm
 from ...layers.losses import feature_reconstruction_loss, masked_patch_mse, patchify
 from ...layers.towers import VisionTransformer
 from ...layers.transformer import EncoderLayer
@@ -136,16 +137,14 @@ class VlBeitVisualTokenizer(VlPreTrainedModel):
         if self.quantizer.cosine:
             flat = F.normalize(flat, dim=-1)
         flat = torch.unique(flat, dim=0)  # [M, d], exact duplicates gone (sorted order)
-        where = generator.device if generator is not None else flat.device  # draw on the generator's device
         if flat.shape[0] > _MAX_DISTINCT:  # bounds the M x M distances below
-            keep = torch.randperm(flat.shape[0], generator=generator, device=where)[:_MAX_DISTINCT]
-            flat = flat[keep.to(flat.device)]
+            flat = flat[randperm(flat.shape[0], generator, flat.device)[:_MAX_DISTINCT]]
         scale = flat.norm(dim=-1).mean().clamp_min(1e-12)
         near = torch.cdist(flat, flat) < _DISTINCT * scale  # [M, M]
         flat = flat[~near.tril(diagonal=-1).any(dim=1)]  # keep a row unless an earlier row is near it
         missing = self.quantizer.num_codes - flat.shape[0]
         if missing > 0:
-            extra = torch.randn(missing, flat.shape[1], generator=generator, device=where).to(flat.device)
+            extra = randn((missing, flat.shape[1]), generator, flat.device)
             flat = torch.cat([flat, F.normalize(extra, dim=-1) if self.quantizer.cosine else extra * scale])
         self.quantizer.init_codes(flat, generator)  # the quantizer's own k-means, over these rows
 
