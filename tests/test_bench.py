@@ -112,3 +112,15 @@ def test_fusion_diagnostics_see_which_loss_reaches_which_part(tmp_path):
     assert grads["loss_itc"]["fusion cross-attention"] == grads["loss_itc"]["itm_head"] == 0.0
     assert grads["loss_mlm"]["itm_head"] == 0.0 and grads["loss_mlm"]["fusion cross-attention"] > 0
     assert all(value > 0 for value in grads["loss_itm"].values())
+
+
+def test_data_bench_streams_every_sample_of_the_webdataset_shards(tmp_path):
+    """Every sample of the shards reaches a collated batch once per pass, with 0 and 2 workers (the shards are split
+    between the workers, not read twice)."""
+    report = run_bench("bench_data.py", tmp_path / "data.json", "--num-images", "40", "--per-shard", "10",
+                       "--image-size", "64", "--batch-size", "4", "--workers", "0", "2",
+                       "--shards-dir", str(tmp_path / "shards"))
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [f"shard-0000{i}.tar" for i in range(4)]
+    for row in report["rows"]:
+        # the first batch is not timed: 40 - 4 samples, whatever the number of workers
+        assert row["samples"] == 36 and row["samples_per_s"] > 0
