@@ -224,6 +224,29 @@ def test_fill_mask_equals_mlm_head_on_fused_text(method, checkpoints, image):
     assert len(two) == 2 and all(len(candidates) == 2 for candidates in two)
 
 
+def test_fill_mask_targets_rank_only_the_given_tokens_with_their_full_vocabulary_scores(checkpoints, image, caplog):
+    """As transformers' `fill-mask`: `targets` restricts the candidates (a str or a list), each keeps its score
+    over the whole vocabulary, `top_k` is capped by the number of targets, a target that is no single token falls
+    back to its first piece with a warning."""
+    pipe = make(FILL_MASK, checkpoints[METHODS[0]]["pretraining"])
+    tokenizer = pipe.processor.tokenizer
+    text = "a [MASK] circle left of a blue square"
+    everything = {r["token"]: r["score"] for r in pipe(image, text, top_k=len(tokenizer))}
+    targets = ["red", "green", "blue"]
+    result = pipe(image, text, targets=targets)
+    ids = tokenizer.convert_tokens_to_ids(targets)
+    assert sorted(r["token"] for r in result) == sorted(ids)  # top_k 5 capped at the 3 targets
+    assert [r["score"] for r in result] == sorted((everything[i] for i in ids), reverse=True)
+    assert [r["token"] for r in pipe(image, text, targets="green")] == [tokenizer.convert_tokens_to_ids("green")]
+    assert len(pipe(image, text, targets=targets, top_k=2)) == 2
+    first_piece = tokenizer("triangularly", add_special_tokens=False)["input_ids"][0]
+    assert pipe(image, text, targets=["triangularly"])[0]["token"] == first_piece
+    assert "'triangularly' is not one token of the vocabulary" in caplog.text
+    for bad in ([], "", [3]):
+        with pytest.raises(ValueError, match="`targets`"):
+            pipe(image, text, targets=bad)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_unsupported_task_errors(method, checkpoints):
     folder = checkpoints[method]["vqa"]

@@ -3,24 +3,52 @@ fusion encoder (transformers' `fill-mask` is text-only)."""
 
 from __future__ import annotations
 
+import logging
+
 from .base import VlPipeline, check_no_kwargs, check_pair, check_text, check_top_k, pair_inputs
 from .capabilities import FILL_MASK
+
+logger = logging.getLogger(__name__)
 
 
 class VlFillMaskPipeline(VlPipeline):
     """`pipe(image, "a [MASK] circle", top_k=5)` -> `[{"score", "token", "token_str", "sequence"}]`, best first
     (a list of such lists when the text has several masks, each filled on its own, as in `fill-mask`).
 
-    Scores are the softmax over the tokenizer's vocabulary; `sequence` is the text with that token in place."""
+    Scores are the softmax over the tokenizer's vocabulary; `sequence` is the text with that token in place.
+    `targets` (a word or a list), as in transformers' `fill-mask`: only those tokens are ranked, each with its
+    score over the whole vocabulary; a target that is no single token is replaced by its first piece, with a
+    warning."""
 
     task_name = FILL_MASK
 
     def __call__(self, image, text=None, **kwargs):
         return super().__call__(pair_inputs(image, text, "text"), **kwargs)
 
-    def _sanitize_parameters(self, top_k=None, **kwargs):
-        check_no_kwargs(type(self).__name__, kwargs, "top_k")
-        return {}, {}, ({} if top_k is None else {"top_k": check_top_k(top_k)})
+    def _sanitize_parameters(self, top_k=None, targets=None, **kwargs):
+        check_no_kwargs(type(self).__name__, kwargs, "top_k and targets")
+        post = {} if top_k is None else {"top_k": check_top_k(top_k)}
+        if targets is not None:
+            post["target_ids"] = self._target_ids(targets)
+        return {}, {}, post
+
+    def _target_ids(self, targets) -> list[int]:
+        targets = [targets] if isinstance(targets, str) else targets
+        if not isinstance(targets, list | tuple) or not targets or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"`targets` must be a str or a non-empty list of str, got {targets!r}")
+        tokenizer, ids = self.processor.tokenizer, []
+        vocab = tokenizer.get_vocab()
+        for target in targets:
+            if target in vocab:
+                ids.append(vocab[target])
+                continue
+            pieces = tokenizer(target, add_special_tokens=False)["input_ids"]
+            if not pieces:
+                raise ValueError(f"`targets`: {target!r} gives no token")
+            logger.warning("target %r is not one token of the vocabulary; using its first piece %r", target,
+                           tokenizer.convert_ids_to_tokens(pieces[0]))
+            ids.append(pieces[0])
+        return list(dict.fromkeys(ids))  # each once, in the order given
 
     def preprocess(self, inputs):
         check_pair(inputs, "text")
@@ -43,15 +71,20 @@ class VlFillMaskPipeline(VlPipeline):
         logits[is_mask] = masked
         return {"logits": logits, "input_ids": ids}
 
-    def postprocess(self, outputs, top_k=5):
+    def postprocess(self, outputs, top_k=5, target_ids=None):
         tokenizer = self.processor.tokenizer
         ids = outputs["input_ids"][0]  # [L]: a batch's padding is special, so `sequence` skips it
         positions = (ids == tokenizer.mask_token_id).nonzero()[:, 0]  # [M]
         # the head may be wider than the tokenizer (padded vocabulary): only real tokens are candidates
         probs = outputs["logits"][0, positions, :len(tokenizer)].float().softmax(-1)  # [M, V]
         results = []
+        candidates_ids = None if target_ids is None else probs.new_tensor(target_ids).long()
         for row, position in zip(probs, positions.tolist()):
-            scores, tokens = row.topk(min(top_k, row.numel()))
+            if candidates_ids is None:
+                scores, tokens = row.topk(min(top_k, row.numel()))
+            else:
+                scores, best = row[candidates_ids].topk(min(top_k, len(candidates_ids)))
+                tokens = candidates_ids[best]
             candidates = []
             for score, token in zip(scores.tolist(), tokens.tolist()):
                 filled = ids.clone()
