@@ -1,7 +1,7 @@
 """Sharing checkpoints on the Hugging Face Hub: push with a model card and remote code, load task heads.
 
 `import vl_models` is enough for `AutoModel.from_pretrained("org/x")`; a repo pushed with `push_to_hub` also
-loads with `trust_remote_code=True` where vl_models is installed but not imported. See docs/hub.md.
+loads with `trust_remote_code=True` where vl_models is not installed (the repo carries the code). See docs/hub.md.
 """
 
 from .cards import (
@@ -20,8 +20,7 @@ from .remote_code import (
     auto_map,
     method_of,
     processor_auto_map,
-    require_version,
-    shim_files,
+    remote_code_files,
     strip_remote_code,
 )
 
@@ -39,9 +38,8 @@ __all__ = [
     "processor_auto_map",
     "push_folder",
     "push_to_hub",
-    "require_version",
+    "remote_code_files",
     "save_for_hub",
-    "shim_files",
     "strip_remote_code",
     "task_of",
     "validate_card",

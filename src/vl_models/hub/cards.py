@@ -201,8 +201,8 @@ outputs = model(**inputs)
 
 _REMOTE_CODE = """
 
-Without importing vl_models (it must still be installed: `pip install vl-models`), the remote-code files in
-this repo re-export its classes:
+Without vl_models (this repo carries the code it needs; it imports torch, transformers, tokenizers, numpy and
+PIL only):
 
 ```python
 model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
@@ -241,7 +241,7 @@ def build_model_card(model, repo_id: str, *, results=None, datasets=None, licens
 
     results: evaluation results (see `load_results`) -> model-index. datasets: training data (Hub ids).
     pipeline_tag / widget default per head (`PIPELINE_TAGS`, `widget_examples`). remote_code: whether the
-    repo holds the shims (`custom_code` tag, trust_remote_code snippet)."""
+    repo holds remote code (`custom_code` tag, trust_remote_code snippet)."""
     if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
         raise ValueError(f"`repo_id` must look like 'org/name', got {describe(repo_id)}")
     spec, task = method_of(model), task_of(model)
@@ -273,8 +273,8 @@ def build_model_card(model, repo_id: str, *, results=None, datasets=None, licens
         _results_table(evals) if evals else "No evaluation results were given.",
         "\n## Files\n",
         "Weights are in safetensors."
-        + (" `configuration_*.py`, `modeling_*.py` and `processing_*.py` are remote-code shims that import "
-           "the installed vl_models package; they hold no model code." if remote_code else ""),
+        + (" The `*.py` files are the vl_models modules this model needs, for `trust_remote_code=True`; they are "
+           "generated from the package at save time." if remote_code else ""),
         "\n## Reference\n",
         spec.paper,
     ]

@@ -15,6 +15,7 @@ from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..modeling_utils import VlPreTrainedModel
 from ..utils import describe
 from .cards import build_model_card
 from .remote_code import add_remote_code, method_of, strip_remote_code
@@ -43,8 +44,8 @@ def _check_repo_id(repo_id) -> str:
 @contextmanager
 def _no_source_copy(*objects):
     """A class loaded through trust_remote_code is marked (`_auto_class`) for transformers'
-    `custom_object_save`, which copies the defining file and fails on our package-relative imports; the shims
-    replace that copy."""
+    `custom_object_save`, which copies the defining file and fails on our package-relative imports;
+    `add_remote_code` writes the flattened modules instead."""
     classes = {type(obj) for obj in objects if obj is not None}
     classes |= {type(obj.config) for obj in objects if hasattr(obj, "config")}
     marked = {cls: cls.__dict__["_auto_class"] for cls in classes
@@ -61,7 +62,7 @@ def _no_source_copy(*objects):
 def save_for_hub(model, processor, folder: str | Path, repo_id: str, *, card=None, remote_code: bool = True,
                  **card_kwargs) -> Path:
     """Write what `push_to_hub` uploads into `folder`: safetensors weights + config, the processor (unless
-    None), the remote-code shims with `auto_map` (unless remote_code=False) and README.md (`card`, or
+    None), the remote code (the package modules the model needs) with `auto_map` (unless remote_code=False) and README.md (`card`, or
     `build_model_card(model, repo_id, **card_kwargs)`). Returns the folder."""
     from transformers import PreTrainedModel
 
@@ -69,6 +70,11 @@ def save_for_hub(model, processor, folder: str | Path, repo_id: str, *, card=Non
     spec = method_of(model)  # raises for anything that is not a vl_models object
     if not isinstance(model, PreTrainedModel):
         raise ValueError(f"`model` must be a vl_models model, got {describe(model)}")
+    if not isinstance(model, VlPreTrainedModel):  # same model_type, but the classes of a repo's own code
+        raise ValueError(
+            f"`model` ({type(model).__module__}.{type(model).__name__}) was loaded as remote code "
+            "(trust_remote_code) and is not a class of this vl_models: load it after `import vl_models` to push it"
+        )
     if processor is not None and not isinstance(processor, spec.processor_class):
         raise ValueError(
             f"`processor` must be a {spec.processor_class.__name__} or None, got {describe(processor)}"

@@ -1,16 +1,26 @@
-"""Remote code for Hub checkpoints: thin shim files + `auto_map`, so that
-`AutoModel.from_pretrained(repo, trust_remote_code=True)` works where vl_models is installed but not imported.
+"""Remote code for Hub checkpoints: the package's own modules, flattened, + `auto_map`, so that
+`AutoModel.from_pretrained(repo, trust_remote_code=True)` runs where vl_models is not installed.
 
-transformers copies a custom class's source file next to the weights (`custom_object_save`), but only
-follows same-folder relative imports, and our modules import `...layers` and `...configuration_utils`. So a
-checkpoint carries one small file per module instead (`configuration_vlmae.py`, `modeling_vlmae.py`,
-`processing_vlmae.py`) that re-exports the classes of the installed package. transformers' `check_imports`
-then requires `vl_models` to be importable and names it in its error ("pip install vl_models") if it is not.
+transformers' loader (dynamic_module_utils) fetches the file `auto_map` names and, recursively, the files it
+imports as `from .x import y` from the same folder; it supports no packages or subfolders, and it checks that
+every absolute import in each file is installed. So at save time the import closure of a method's classes is
+computed from the installed package's source (with `ast`, lazy imports inside functions included) and each
+module is written as one file of the checkpoint's folder with its vl_models imports made flat and relative:
+`from ...layers.attention import X` -> `from .vl_models_layers_attention import X`. Package `__init__`s are
+not copied (names they re-export are traced to their defining module), so remote code registers nothing with
+the Auto classes. The files then import torch, transformers, huggingface_hub, tokenizers, numpy and PIL only.
+
+This module is itself part of that closure (`VlPreTrainedModel.save_pretrained` imports it): running as remote
+code, `add_remote_code` copies the checkpoint's files it was loaded from instead of generating them.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import inspect
 import json
+import shutil
 from pathlib import Path
 
 from ..registry import Method, get_method, list_methods
@@ -18,7 +28,10 @@ from ..utils import describe
 
 CONFIG_FILE = "config.json"
 PROCESSOR_FILE = "processor_config.json"
-_SHIM_HEADER = '"""Remote code of a vl_models checkpoint'
+REMOTE_CODE_HEADER = "# Remote code of a vl_models checkpoint"
+_OLD_SHIM_HEADER = '"""Remote code of a vl_models checkpoint'  # re-export shims of vl_models <= 0.1.0 checkpoints
+# True where this file runs as a checkpoint's remote code (module transformers_modules.<repo>...)
+_AS_REMOTE_CODE = not __name__.startswith("vl_models.")
 
 
 def _companion_entry(model_type: str) -> tuple[Method, type] | None:
@@ -63,9 +76,18 @@ def _classes(spec: Method) -> list[type]:
             *spec.task_classes.values(), *spec.companions, *(c.config_class for c in spec.companions)]
 
 
+def _flat_name(module: str) -> str:
+    """The file (without .py) a package module becomes in a checkpoint's one folder: a method's own modules keep
+    their name (`configuration_vlmae`, what `auto_map` names), shared ones carry their path
+    (`vl_models.layers.attention` -> `vl_models_layers_attention`). transformers' loader fetches and imports
+    only files beside the one `auto_map` names, not packages, so the package is flattened."""
+    parts = module.split(".")
+    return parts[3] if parts[:2] == ["vl_models", "models"] and len(parts) == 4 else "_".join(parts)
+
+
 def _reference(cls: type) -> str:
-    """"modeling_vlmae.VlmaeModel": the shim file (the defining module's last name) and the class."""
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+    """"modeling_vlmae.VlmaeModel": the remote-code file of the defining module and the class."""
+    return f"{_flat_name(cls.__module__)}.{cls.__name__}"
 
 
 def auto_map(method, model_type: str | None = None) -> dict[str, str]:
@@ -90,70 +112,159 @@ def processor_auto_map(method) -> dict[str, str]:
     return {"AutoProcessor": _reference(method_of(method).processor_class)}
 
 
-def shim_files(method) -> dict[str, str]:
-    """{file name: source} of the shims of a method: each re-exports every class of the method that its
-    module defines (so task heads load through `get_class_from_dynamic_module` too)."""
-    import vl_models
+def _image_processor_auto_map() -> dict[str, str]:
+    """The auto_map of processor_config.json's `image_processor` entry: transformers loads a processor's image
+    processor through AutoImageProcessor, which knows `VlImageProcessor` only once vl_models registered it."""
+    from ..processing import VlImageProcessor
 
+    return {"AutoImageProcessor": _reference(VlImageProcessor)}
+
+
+def _bindings(module: str, node) -> list[tuple[str, str | None, str]] | None:
+    """What a vl_models import statement of `module` binds: (defining module, attribute or None for the module
+    itself, local name) per name; None for an import of another package. Names taken from a package's
+    `__init__` are traced to the module that defines them, so no `__init__` (with its Auto-class
+    registration) is ever copied."""
+    if isinstance(node, ast.Import):
+        names = [a for a in node.names if a.name.split(".")[0] == "vl_models"]
+        if not names:
+            return None
+        if any(a.asname is None for a in names):
+            raise ValueError(f"{module}: `import {names[0].name}` cannot be made relative; use `from ... import`")
+        return [(a.name, None, a.asname) for a in names]
+    if node.level:
+        target = ".".join(module.split(".")[:-node.level] + ([node.module] if node.module else []))
+    elif node.module and node.module.split(".")[0] == "vl_models":
+        target = node.module
+    else:
+        return None
+    found = importlib.import_module(target)
+    is_package = hasattr(found, "__path__")
+    bound = []
+    for alias in node.names:
+        local = alias.asname or alias.name
+        if not is_package:
+            bound.append((target, alias.name, local))
+            continue
+        obj = getattr(found, alias.name, None)
+        if obj is None:  # a submodule not imported by the package's __init__
+            obj = importlib.import_module(f"{target}.{alias.name}")
+        if inspect.ismodule(obj):
+            bound.append((obj.__name__, None, local))
+            continue
+        owner = getattr(obj, "__module__", "") or ""
+        name = getattr(obj, "__name__", alias.name)
+        if not owner.startswith("vl_models.") or getattr(importlib.import_module(owner), name, None) is not obj:
+            raise ValueError(f"{module}: cannot trace `{alias.name}` of {target} to the module that defines it")
+        bound.append((owner, name, local))
+    return bound
+
+
+def _import_lines(bound: list[tuple[str, str | None, str]]) -> list[str]:
+    """Flat relative imports for `_bindings`. transformers finds the files to fetch with a regex that only sees
+    `from .x import y` at the start of a line, so a module bound as a whole is named that way first."""
+    lines, names = [], {}
+    for owner, attribute, local in bound:
+        flat = _flat_name(owner)
+        if attribute is None:
+            lines += [f"from .{flat} import __name__ as _  # noqa: F401", f"from . import {flat} as {local}"]
+        else:
+            names.setdefault(flat, []).append(attribute if attribute == local else f"{attribute} as {local}")
+    return [f"from .{flat} import {', '.join(items)}" for flat, items in names.items()] + lines
+
+
+def _is_import_module_call(node) -> bool:
+    """`importlib.import_module("vl_models.x")`: a lazy import of an optional module (the Triton kernel)."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
+            and len(node.args) == 1 and not node.keywords and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str) and node.args[0].value.startswith("vl_models."))
+
+
+def _flat_source(module: str, version: str) -> tuple[str, set[str]]:
+    """The source of a package module with every vl_models import (lazy ones inside functions too) made a flat
+    relative import, and the package modules it imports."""
+    source = Path(importlib.import_module(module).__file__).read_text(encoding="utf-8")
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for text in lines:
+        starts.append(starts[-1] + len(text))
+
+    def offset(line: int, col: int) -> int:  # ast columns count UTF-8 bytes
+        return starts[line - 1] + len(lines[line - 1].encode("utf-8")[:col].decode("utf-8"))
+
+    edits, imported, lazy = [], set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import | ast.ImportFrom) and (bound := _bindings(module, node)) is not None:
+            indent = lines[node.lineno - 1][: offset(node.lineno, node.col_offset) - offset(node.lineno, 0)]
+            if indent.strip():
+                raise ValueError(f"{module}:{node.lineno}: an import after other code on its line")
+            text = ("\n" + indent).join(_import_lines(bound))
+            edits.append((offset(node.lineno, node.col_offset), offset(node.end_lineno, node.end_col_offset), text))
+            imported |= {owner for owner, _, _ in bound}
+        elif _is_import_module_call(node):
+            arg = node.args[0]
+            edits.append((offset(arg.lineno, arg.col_offset), offset(arg.end_lineno, arg.end_col_offset),
+                          f'".{_flat_name(arg.value)}", __package__'))
+            lazy.add(arg.value)
+    for start, end, text in sorted(edits, reverse=True):
+        source = source[:start] + text + source[end:]
+    if lazy:  # fetched with this file but imported only when needed (Triton on CUDA): name them for the loader
+        source += ("\n\nif False:  # never runs: lets transformers' loader see the lazily imported files\n"
+                   + "".join(f"    from .{_flat_name(m)} import __name__ as _  # noqa: F401\n" for m in sorted(lazy)))
+    header = f"{REMOTE_CODE_HEADER}: {module} of vl_models {version}, generated at save time; do not edit.\n"
+    return header + source, imported | lazy
+
+
+def remote_code_files(method) -> dict[str, str]:
+    """{file name: source} of a method's remote code: the package modules its classes need (their import
+    closure, lazy imports included), flattened into one folder with relative imports. They import torch,
+    transformers, huggingface_hub, tokenizers, numpy and PIL only, so a checkpoint runs without vl_models."""
     spec = method_of(method)
-    modules: dict[str, list[type]] = {}
-    for cls in _classes(spec):
-        modules.setdefault(cls.__module__, []).append(cls)
-    files = {}
-    for module, classes in modules.items():
-        name = module.rsplit(".", 1)[-1] + ".py"
-        if name in files:
-            raise ValueError(
-                f"two modules of method {spec.name!r} end in the same name {name!r}: {sorted(modules)}"
-            )
-        files[name] = _shim_source(module, sorted({c.__name__ for c in classes}, key=str.lower),
-                                   vl_models.__version__)
-    return files
+    version = importlib.import_module("vl_models").__version__  # not `import vl_models`: this file is remote code too
+    todo, files, owners = sorted({cls.__module__ for cls in _classes(spec)}), {}, {}
+    while todo:
+        module = todo.pop()
+        name = _flat_name(module) + ".py"
+        if owners.setdefault(name, module) != module:
+            raise ValueError(f"modules {owners[name]} and {module} both become {name}")
+        if name not in files:
+            files[name], imported = _flat_source(module, version)
+            todo += sorted(imported)
+    return dict(sorted(files.items()))
 
 
-def _shim_source(module: str, names: list[str], version: str) -> str:
-    imports = "".join(f"    {name},\n" for name in names)
-    exports = "".join(f'    "{name}",\n' for name in names)
-    return (
-        f"{_SHIM_HEADER}: the classes live in the vl_models package\n"
-        f'(pip install "vl-models>={version}"); this file only re-exports them for trust_remote_code."""\n\n'
-        f"from vl_models.hub.remote_code import require_version\n\n"
-        f'require_version("{version}")\n\n'
-        f"from {module} import (  # noqa: E402\n{imports})\n\n"
-        f"__all__ = [\n{exports}]\n"
-    )
-
-
-def require_version(minimum: str) -> None:
-    """Called by the shims: the installed vl_models must be at least the version that wrote the checkpoint."""
-    from packaging.version import Version
-
-    import vl_models
-
-    if Version(vl_models.__version__) < Version(minimum):
-        raise ImportError(
-            f"this checkpoint was written by vl_models {minimum}, but vl_models {vl_models.__version__} is "
-            f'installed: pip install -U "vl-models>={minimum}"'
-        )
-
-
-def _set_auto_map(path: Path, value: dict | None) -> None:
-    """Set (or with None remove) the `auto_map` of a saved JSON config, written as transformers writes it."""
+def _set_auto_map(path: Path, value: dict | None, key: str | None = None) -> None:
+    """Set (or with None remove) the `auto_map` of a saved JSON config, or of its entry `key`, written as
+    transformers writes it."""
     data = json.loads(path.read_text(encoding="utf-8"))
-    if value is None and "auto_map" not in data:
+    entry = data if key is None else data.get(key)
+    if not isinstance(entry, dict) or value is None and "auto_map" not in entry:
         return
     if value is None:
-        del data["auto_map"]
+        del entry["auto_map"]
     else:
-        data["auto_map"] = value
+        entry["auto_map"] = value
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def _copy_own_files(folder: Path) -> list[Path]:
+    """Running as remote code: the files transformers fetched for this checkpoint lie beside this one (its
+    module cache folder holds one repo revision); they are the code the saved config's auto_map names."""
+    written = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name != "__init__.py" and path.read_text(encoding="utf-8").startswith(REMOTE_CODE_HEADER):
+            shutil.copyfile(path, folder / path.name)
+            written.append(folder / path.name)
+    return written
+
+
 def add_remote_code(folder: str | Path, method=None) -> list[Path]:
-    """Write the shims into a saved checkpoint folder and set `auto_map` in its config.json (and in
+    """Write the remote-code files into a saved checkpoint folder and set `auto_map` in its config.json (and in
     processor_config.json when the folder holds a processor). `method` defaults to config.json's model_type.
     Returns the files written or changed."""
     folder = Path(folder)
+    if _AS_REMOTE_CODE:  # no package to generate from; the config keeps the auto_map it was loaded with
+        return _copy_own_files(folder)
     config_path, processor_path = folder / CONFIG_FILE, folder / PROCESSOR_FILE
     model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type", "") \
         if config_path.is_file() else None
@@ -163,7 +274,7 @@ def add_remote_code(folder: str | Path, method=None) -> list[Path]:
         method = model_type
     spec = method_of(method)
     written = []
-    for name, source in shim_files(spec).items():
+    for name, source in remote_code_files(spec).items():
         (folder / name).write_text(source, encoding="utf-8")
         written.append(folder / name)
     if config_path.is_file():
@@ -171,21 +282,24 @@ def add_remote_code(folder: str | Path, method=None) -> list[Path]:
         written.append(config_path)
     if processor_path.is_file():
         _set_auto_map(processor_path, processor_auto_map(spec))
+        _set_auto_map(processor_path, _image_processor_auto_map(), key="image_processor")
         written.append(processor_path)
     return written
 
 
 def strip_remote_code(folder: str | Path) -> None:
-    """Remove `auto_map` and our shims from a saved folder (e.g. a model loaded from a remote-code repo keeps
-    its auto_map, which would point at files the folder does not have)."""
+    """Remove `auto_map` and our remote-code files from a saved folder (e.g. a model loaded from a remote-code
+    repo keeps its auto_map, which would point at files the folder does not have)."""
     folder = Path(folder)
     for name in (CONFIG_FILE, PROCESSOR_FILE):
         if (folder / name).is_file():
             _set_auto_map(folder / name, None)
+    if (folder / PROCESSOR_FILE).is_file():
+        _set_auto_map(folder / PROCESSOR_FILE, None, key="image_processor")
     for path in folder.glob("*.py"):
-        if path.read_text(encoding="utf-8").startswith(_SHIM_HEADER):
+        if path.read_text(encoding="utf-8").startswith((REMOTE_CODE_HEADER, _OLD_SHIM_HEADER)):
             path.unlink()
 
 
-__all__ = ["add_remote_code", "auto_map", "companion_of", "method_of", "processor_auto_map", "require_version",
-           "shim_files", "strip_remote_code"]
+__all__ = ["REMOTE_CODE_HEADER", "add_remote_code", "auto_map", "companion_of", "method_of", "processor_auto_map",
+           "remote_code_files", "strip_remote_code"]
