@@ -496,6 +496,21 @@ def test_card_metadata_and_model_index_parse_back(tmp_path):
     assert "| Image-text retrieval | nlphuji/flickr30k | test | image_to_text_r1 | 0.5 |" in body
 
 
+def test_card_of_a_fine_tuned_model_names_the_hub_checkpoint_it_started_from(hub, pushed, tmp_path, monkeypatch):
+    """As examples/finetune.py does: a head loaded from a Hub id (`--model_name_or_path org/...`), then pushed."""
+    hub.use_in_process(monkeypatch)
+    head, _ = vl_models.hub.load_for_task(REPO, "vqa", num_labels=3)
+    card = build_model_card(head, "org/vlmae-vqa")
+    assert card.data.base_model == REPO and f"fine-tuned from: [{REPO}](https://huggingface.co/{REPO})" in card.text
+    assert build_model_card(head, "org/vlmae-vqa", base_model="org/other").data.base_model == "org/other"
+    assert build_model_card(head, REPO).data.base_model is None  # pushed back to where it came from
+    head.save_pretrained(tmp_path / "run")  # loaded from a local folder: no Hub id to name
+    local = vl_models.VlmaeForQuestionAnswering.from_pretrained(tmp_path / "run")
+    assert build_model_card(local, "org/vlmae-vqa").data.base_model is None
+    fresh = vl_models.VlmaeForQuestionAnswering(vl_models.get_config("vlmae", "tiny"))
+    assert build_model_card(fresh, "org/vlmae-vqa").data.base_model is None
+
+
 @pytest.mark.parametrize("method", vl_models.list_methods())
 @pytest.mark.parametrize("task", ["retrieval", "vqa", "grounding", "nlvr2"])
 def test_card_pipeline_tag_widget_and_usage_follow_the_head(method, task):

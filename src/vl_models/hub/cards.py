@@ -44,6 +44,7 @@ KNOWN_PIPELINE_TAGS = frozenset(PIPELINE_TAGS.values()) | {
 }
 EXAMPLE_IMAGE = "http://images.cocodataset.org/val2017/000000039769.jpg"  # two cats on a couch (COCO val)
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name (a relative path outputs/run matches too: checked apart)
 
 
 def task_of(model) -> str:
@@ -233,6 +234,16 @@ def _describe_config(config) -> str:
                     f"layers, width {text.hidden_size}, vocabulary {text.vocab_size}")
 
 
+def _start_checkpoint(model, repo_id: str) -> str | None:
+    """The Hub id a model was loaded from (`from_pretrained` records it as `config._name_or_path`), e.g. the
+    pre-trained checkpoint a fine-tuning run started from (examples/finetune.py --model_name_or_path); None for
+    a model built from a config, loaded from a local folder, or loaded from the repo it is pushed to."""
+    source = str(getattr(model.config, "_name_or_path", "") or "")
+    if not _HUB_ID.match(source) or source == repo_id or Path(source).exists():
+        return None
+    return source
+
+
 def build_model_card(model, repo_id: str, *, results=None, datasets=None, license: str = "apache-2.0",
                      base_model=None, language="en", tags=(), pipeline_tag: str | None = None,
                      widget: list[dict] | None = None, model_name: str | None = None,
@@ -241,10 +252,13 @@ def build_model_card(model, repo_id: str, *, results=None, datasets=None, licens
 
     results: evaluation results (see `load_results`) -> model-index. datasets: training data (Hub ids).
     pipeline_tag / widget default per head (`PIPELINE_TAGS`, `widget_examples`). remote_code: whether the
-    repo holds remote code (`custom_code` tag, trust_remote_code snippet)."""
+    repo holds remote code (`custom_code` tag, trust_remote_code snippet). base_model: the Hub id the model was
+    fine-tuned from; by default the one it was loaded from (`config._name_or_path`, see `_start_checkpoint`)."""
     if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
         raise ValueError(f"`repo_id` must look like 'org/name', got {describe(repo_id)}")
     spec, task = method_of(model), task_of(model)
+    if base_model is None:
+        base_model = _start_checkpoint(model, repo_id)
     pipeline_tag = pipeline_tag or PIPELINE_TAGS[task]
     model_name = model_name or repo_id.rsplit("/", 1)[-1]
     evals = eval_results(results) if results is not None else None
