@@ -287,6 +287,12 @@ def add_remote_code(folder: str | Path, method=None) -> list[Path]:
     return written
 
 
+def require_version(minimum: str) -> None:
+    """Called by the re-export shims in checkpoints saved by vl_models 0.1.0 (`from vl_models.hub.remote_code import
+    require_version`), which still load where vl_models is installed. They were only written by 0.1.0, which every
+    installed version satisfies."""
+
+
 def strip_remote_code(folder: str | Path) -> None:
     """Remove `auto_map` and our remote-code files from a saved folder (e.g. a model loaded from a remote-code
     repo keeps its auto_map, which would point at files the folder does not have)."""
@@ -302,4 +308,4 @@ def strip_remote_code(folder: str | Path) -> None:
 
 
 __all__ = ["REMOTE_CODE_HEADER", "add_remote_code", "auto_map", "companion_of", "method_of", "processor_auto_map",
-           "remote_code_files", "strip_remote_code"]
+           "remote_code_files", "require_version", "strip_remote_code"]
