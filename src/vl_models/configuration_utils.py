@@ -84,7 +84,7 @@ class VlPreTrainedConfig(PreTrainedConfig):
     @classmethod
     def register_for_auto_class(cls, auto_class="AutoConfig"):
         """No-op: transformers' copy of a class's source file cannot follow our package imports; checkpoints get
-        thin shims from `vl_models.hub.remote_code` instead."""
+        the package's modules, flattened into the repo folder, from `vl_models.hub.remote_code` instead."""
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -215,9 +215,14 @@ class AlignFuseConfig(VlPreTrainedConfig):
     itc_weight: float | int = 1.0
     itm_weight: float | int = 1.0
     mlm_weight: float | int = 1.0
+    # retrieval fine-tuning: "albef" = ALBEF's (ITC distilled from the momentum model over batch + queue, positives by
+    # image id, ITM hard negatives never of the same image); "in_batch" = in-batch CLIP loss + hard-negative ITM
+    retrieval_loss: str = "albef"
     initializer_range: float | int = 0.02
 
     def validate_objectives(self):
+        if self.retrieval_loss not in ("albef", "in_batch"):
+            raise ValueError(f"`retrieval_loss` must be 'albef' or 'in_batch', got {self.retrieval_loss!r}")
         for name in ("temperature", "momentum", "alpha", "mlm_probability", "itm_uniform_negatives"):
             _check_number(name, getattr(self, name), -math.inf)  # a real number; the ranges follow
         check_range("temperature", self.temperature, 0.001, 0.5, high_inclusive=True)

@@ -67,11 +67,11 @@ class VlPreTrainedModel(PreTrainedModel):
     @classmethod
     def register_for_auto_class(cls, auto_class="AutoModel"):
         """No-op: transformers' copy of a class's source file cannot follow our package imports; checkpoints get
-        thin shims from `vl_models.hub.remote_code` instead."""
+        the package's modules, flattened into the repo folder, from `vl_models.hub.remote_code` instead."""
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
-        # a model loaded through remote code keeps `auto_map` in its config: keep the shims it points at
+        # a model loaded through remote code keeps `auto_map` in its config: keep the code files it points at
         if kwargs.get("is_main_process", True) and getattr(self.config, "auto_map", None):
             from .hub.remote_code import add_remote_code
 

@@ -450,7 +450,7 @@ class VlProcessor(ProcessorMixin):
     @classmethod
     def register_for_auto_class(cls, auto_class="AutoProcessor"):
         """No-op: transformers' copy of a class's source file cannot follow our package imports; checkpoints get
-        thin shims from `vl_models.hub.remote_code` instead."""
+        the package's modules, flattened into the repo folder, from `vl_models.hub.remote_code` instead."""
 
     @property
     def model_input_names(self) -> list[str]:
