@@ -4,6 +4,7 @@ the model directly, and clear errors for unsupported tasks and bad inputs. Tiny 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,7 +146,8 @@ def test_matching_equals_itm_and_itc(method, head, checkpoints, image):
             out = model(pixel_values=pixels, **text)
             itm = out.itm_logits.softmax(-1)[:, 1]
             itc = out.logits_per_image[0] * model.temp.clamp(0.001, 0.5)
-            assert (model.rank(pixels[:1], **text, k=16)[0] - 2).tolist() == pytest.approx(itm.tolist(), abs=1e-5)
+            ranked = model.rank(pixels[:1], **text, k=16)[0]  # ALBEF: ITM match logit + ITC similarity
+            assert ranked.tolist() == pytest.approx((out.itm_logits[:, 1] + itc).tolist(), abs=1e-5)
         else:  # the backbone's forward: unimodal features and the fused pairs
             out = model.base_model(pixel_values=pixels, **text)
             itm = model.itm_head(out.multimodal_embeds[:, 0]).softmax(-1)[:, 1]
@@ -404,3 +406,19 @@ def test_batched_key_dataset_streams_equal_results(task, checkpoints):
     one = pipe(BATCH_IMAGES, *text, **kwargs)
     assert_same_results(list(pipe(dataset, *text, **kwargs)), one, "batch_size=1")
     assert_same_results(list(pipe(dataset, *text, batch_size=2, **kwargs)), one, "batch_size=2")
+
+
+def test_pipelines_ask_the_registry_not_the_hub_which_method_and_task_a_model_is():
+    """Which method and which task a checkpoint is are registry questions (`vl_models.registry.method_of`,
+    `task_of`); pipelines, cards and remote code ask there, and no import runs from pipelines/ up to hub/."""
+    import ast
+
+    from vl_models import hub, registry
+
+    for path in (Path(vl_models.__file__).parent / "pipelines").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "hub" not in (node.module or "").split("."), f"{path.name} imports from {node.module}"
+    assert hub.method_of is registry.method_of and hub.task_of is registry.task_of
+    model = vl_models.get_method("albef").task_classes["vqa"]
+    assert registry.task_of(model) == "vqa" and registry.method_of(model).name == "albef"

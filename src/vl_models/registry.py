@@ -13,6 +13,7 @@ from transformers import (
 
 from .configuration_utils import check_field_names
 from .presets import check_size, merge, tower_preset
+from .utils import describe
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,68 @@ def get_method(name: str) -> Method:
     if name not in _METHODS:
         raise ValueError(f"`method` must be one of {list_methods()}, got {name!r}")
     return _METHODS[name]
+
+
+# -- which method and which task a model, config, processor or class is: pipelines, cards and remote code
+#    all ask here
+
+def _companion_entry(model_type: str) -> tuple[Method, type] | None:
+    """(method, companion class) for a companion's `model_type` (VL-BEiT's visual tokenizer), if it is one."""
+    for name in list_methods():
+        for companion in get_method(name).companions:
+            if companion.config_class.model_type == model_type:
+                return get_method(name), companion
+    return None
+
+
+def companion_of(model_type: str) -> type | None:
+    """The companion model class whose config has this `model_type`, if any."""
+    entry = _companion_entry(model_type)
+    return entry[1] if entry else None
+
+
+def _method_of_type(model_type: str) -> Method:
+    entry = _companion_entry(model_type)
+    return entry[0] if entry else get_method(model_type)  # get_method raises, naming the methods
+
+
+def method_of(obj) -> Method:
+    """The method record of a model, config, processor, class or `model_type` (a method's or a companion's)."""
+    if isinstance(obj, Method):
+        return obj
+    if isinstance(obj, str):
+        return _method_of_type(obj)
+    config = getattr(obj, "config", obj)
+    model_type = getattr(config, "model_type", None)
+    if isinstance(model_type, str):
+        return _method_of_type(model_type)
+    for name in list_methods():  # processors carry no config: find the method whose class this is
+        spec = get_method(name)
+        if isinstance(obj, type) and obj in method_classes(spec) or type(obj) in method_classes(spec):
+            return spec
+    raise ValueError(f"expected a vl_models model, config, processor or method name, got {describe(obj)}")
+
+
+def method_classes(spec: Method) -> list[type]:
+    return [spec.config_class, spec.model_class, spec.pretraining_class, spec.processor_class,
+            *spec.task_classes.values(), *spec.companions, *(c.config_class for c in spec.companions)]
+
+
+def task_of(model) -> str:
+    """"pretraining", "base", a head's task name ("retrieval", "vqa", ...) or "companion" (a model the method
+    trains on its own: VL-BEiT's visual tokenizer) from a model or its class."""
+    cls = model if isinstance(model, type) else type(model)
+    spec = method_of(model)
+    if any(issubclass(cls, companion) for companion in spec.companions):
+        return "companion"
+    if issubclass(cls, spec.pretraining_class):
+        return "pretraining"
+    for task, task_class in spec.task_classes.items():
+        if issubclass(cls, task_class):
+            return task
+    if issubclass(cls, spec.model_class):
+        return "base"
+    raise ValueError(f"`model` must be a vl_models model of method {spec.name!r}, got {describe(model)}")
 
 
 def get_config(method: str, size: str = "base", **overrides):

@@ -4,13 +4,13 @@
 loads with `trust_remote_code=True` where vl_models is not installed (the repo carries the code). See docs/hub.md.
 """
 
+from ..registry import method_of, task_of  # where they live; re-exported for hub users
 from .cards import (
     PIPELINE_TAGS,
     TASK_NAMES,
     build_model_card,
     eval_results,
     load_results,
-    task_of,
     validate_card,
     widget_examples,
 )
@@ -18,7 +18,6 @@ from .push import HubPushError, load_for_task, push_folder, push_to_hub, save_fo
 from .remote_code import (
     add_remote_code,
     auto_map,
-    method_of,
     processor_auto_map,
     remote_code_files,
     strip_remote_code,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..registry import method_of, task_of
 from ..utils import describe
-from .remote_code import method_of
 
 # the Hub task of each head (https://huggingface.co/tasks). Pre-trained encoders give features; retrieval
 # heads score captions against an image; NLVR2 answers true/false about images (closest Hub task: VQA).
@@ -45,23 +45,6 @@ KNOWN_PIPELINE_TAGS = frozenset(PIPELINE_TAGS.values()) | {
 EXAMPLE_IMAGE = "http://images.cocodataset.org/val2017/000000039769.jpg"  # two cats on a couch (COCO val)
 _REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # org/name (a relative path outputs/run matches too: checked apart)
-
-
-def task_of(model) -> str:
-    """"pretraining", "base", a head's task name ("retrieval", "vqa", ...) or "companion" (a model the method
-    trains on its own: VL-BEiT's visual tokenizer) from a model or its class."""
-    cls = model if isinstance(model, type) else type(model)
-    spec = method_of(model)
-    if any(issubclass(cls, companion) for companion in spec.companions):
-        return "companion"
-    if issubclass(cls, spec.pretraining_class):
-        return "pretraining"
-    for task, task_class in spec.task_classes.items():
-        if issubclass(cls, task_class):
-            return task
-    if issubclass(cls, spec.model_class):
-        return "base"
-    raise ValueError(f"`model` must be a vl_models model of method {spec.name!r}, got {describe(model)}")
 
 
 def widget_examples(pipeline_tag: str) -> list[dict]:

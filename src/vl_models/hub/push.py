@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..modeling_utils import VlPreTrainedModel
+from ..registry import method_of
 from ..utils import describe
 from .cards import build_model_card
-from .remote_code import add_remote_code, method_of, strip_remote_code
+from .remote_code import add_remote_code, strip_remote_code
 
 logger = logging.getLogger(__name__)
 

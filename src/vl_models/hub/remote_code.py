@@ -23,8 +23,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..registry import Method, get_method, list_methods
-from ..utils import describe
+from ..registry import companion_of, method_classes, method_of
 
 CONFIG_FILE = "config.json"
 PROCESSOR_FILE = "processor_config.json"
@@ -32,48 +31,6 @@ REMOTE_CODE_HEADER = "# Remote code of a vl_models checkpoint"
 _OLD_SHIM_HEADER = '"""Remote code of a vl_models checkpoint'  # re-export shims of vl_models <= 0.1.0 checkpoints
 # True where this file runs as a checkpoint's remote code (module transformers_modules.<repo>...)
 _AS_REMOTE_CODE = not __name__.startswith("vl_models.")
-
-
-def _companion_entry(model_type: str) -> tuple[Method, type] | None:
-    """(method, companion class) for a companion's `model_type` (VL-BEiT's visual tokenizer), if it is one."""
-    for name in list_methods():
-        for companion in get_method(name).companions:
-            if companion.config_class.model_type == model_type:
-                return get_method(name), companion
-    return None
-
-
-def companion_of(model_type: str) -> type | None:
-    """The companion model class whose config has this `model_type`, if any."""
-    entry = _companion_entry(model_type)
-    return entry[1] if entry else None
-
-
-def _method_of_type(model_type: str) -> Method:
-    entry = _companion_entry(model_type)
-    return entry[0] if entry else get_method(model_type)  # get_method raises, naming the methods
-
-
-def method_of(obj) -> Method:
-    """The method record of a model, config, processor, class or `model_type` (a method's or a companion's)."""
-    if isinstance(obj, Method):
-        return obj
-    if isinstance(obj, str):
-        return _method_of_type(obj)
-    config = getattr(obj, "config", obj)
-    model_type = getattr(config, "model_type", None)
-    if isinstance(model_type, str):
-        return _method_of_type(model_type)
-    for name in list_methods():  # processors carry no config: find the method whose class this is
-        spec = get_method(name)
-        if isinstance(obj, type) and obj in _classes(spec) or type(obj) in _classes(spec):
-            return spec
-    raise ValueError(f"expected a vl_models model, config, processor or method name, got {describe(obj)}")
-
-
-def _classes(spec: Method) -> list[type]:
-    return [spec.config_class, spec.model_class, spec.pretraining_class, spec.processor_class,
-            *spec.task_classes.values(), *spec.companions, *(c.config_class for c in spec.companions)]
 
 
 def _flat_name(module: str) -> str:
@@ -221,7 +178,7 @@ def remote_code_files(method) -> dict[str, str]:
     transformers, huggingface_hub, tokenizers, numpy and PIL only, so a checkpoint runs without vl_models."""
     spec = method_of(method)
     version = importlib.import_module("vl_models").__version__  # not `import vl_models`: this file is remote code too
-    todo, files, owners = sorted({cls.__module__ for cls in _classes(spec)}), {}, {}
+    todo, files, owners = sorted({cls.__module__ for cls in method_classes(spec)}), {}, {}
     while todo:
         module = todo.pop()
         name = _flat_name(module) + ".py"

@@ -12,8 +12,8 @@ import torch
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
-from ..hub.remote_code import method_of
 from ..processing import VlProcessor
+from ..registry import method_of
 from ..utils import describe
 from .capabilities import check_supports
 

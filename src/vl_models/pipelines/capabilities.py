@@ -9,9 +9,7 @@ and its head, never from method names.
 
 from __future__ import annotations
 
-from ..hub.cards import task_of
-from ..hub.remote_code import method_of
-from ..registry import list_methods
+from ..registry import list_methods, method_of, task_of
 
 ZERO_SHOT = "vl-zero-shot-image-classification"
 MATCHING = "vl-image-text-matching"
