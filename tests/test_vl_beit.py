@@ -26,6 +26,7 @@ from vl_models.models.vl_beit import (
     tokenizer_config,
 )
 from vl_models.training.data import mix_sources
+from vl_models.training.loop import load_quietly
 
 NO_DROPOUT = {"text_config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
 N = 16  # tiny: 32x32 images in 8x8 patches
@@ -385,6 +386,35 @@ def test_image_classification_reads_the_vision_path_alone():
     assert out.logits.shape == (3, 5) and {name for _, name, _ in calls} == {"image"}
     out.loss.backward()
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_image_classification_applies_one_final_norm_as_beit(tmp_path):
+    # BEiT with mean pooling: patch states of the last layer before any norm -> mean -> fc_norm -> classifier
+    config = tiny(id2label={i: str(i) for i in range(5)})
+    torch.manual_seed(1)
+    model = VlBeitForImageClassification(config).eval()
+    nn.init.normal_(model.fc_norm.weight)
+    nn.init.normal_(model.fc_norm.bias)
+    states, norms = [], []
+    model.vl_beit.layers[-1].register_forward_hook(lambda m, a, o: states.append(o))
+    model.vl_beit.norm.register_forward_hook(lambda m, a, o: norms.append(o))
+    pixels = torch.randn(3, 3, 32, 32)
+    logits = model(pixel_values=pixels).logits
+    assert norms == []  # the backbone's own final norm is skipped
+    pooled = F.layer_norm(states[0][:, 1:].mean(1), (32,), model.fc_norm.weight, model.fc_norm.bias,
+                          config.vision_config.layer_norm_eps)
+    torch.testing.assert_close(logits, pooled @ model.classifier.weight.T + model.classifier.bias)
+    assert not any(p.requires_grad for p in model.vl_beit.norm.parameters())
+    # the key names are the pre-training checkpoint's: it loads with only the head fresh, and a saved
+    # classifier loads back whole
+    build().save_pretrained(tmp_path / "pretrained")
+    loaded, info = load_quietly(VlBeitForImageClassification.from_pretrained, tmp_path / "pretrained",
+                                id2label=config.id2label)
+    assert {k.split(".")[0] for k in info["missing_keys"]} == {"fc_norm", "classifier"}
+    model.save_pretrained(tmp_path / "classifier")
+    again, info = load_quietly(VlBeitForImageClassification.from_pretrained, tmp_path / "classifier")
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    torch.testing.assert_close(again(pixel_values=pixels).logits, logits)
 
 
 def test_processor_round_trip_and_unimodal_calls(tmp_path):

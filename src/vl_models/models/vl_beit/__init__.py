@@ -6,6 +6,7 @@ from .downstream_vl_beit import (
     VlBeitForImagesAndTextClassification,
     VlBeitForImageTextRetrieval,
     VlBeitForQuestionAnswering,
+    VlBeitForSemanticSegmentation,
     VlBeitForVisualGrounding,
 )
 from .modeling_vl_beit import VlBeitModel, VlBeitPreTrainedModel
@@ -62,6 +63,7 @@ __all__ = [
     "VlBeitForImageTextRetrieval",
     "VlBeitForPreTraining",
     "VlBeitForQuestionAnswering",
+    "VlBeitForSemanticSegmentation",
     "VlBeitForVisualGrounding",
     "VlBeitModel",
     "VlBeitPreTrainedModel",

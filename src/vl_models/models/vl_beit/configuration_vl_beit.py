@@ -122,6 +122,11 @@ class VlBeitConfig(VlPreTrainedConfig):
     mvlm_weight: float | int = 1.0
     embed_dim: int = 256
     temperature: float | int = 0.07
+    # semantic segmentation (`VlBeitForSemanticSegmentation`): the layers whose outputs the decoder reads (1-based;
+    # None: 4 evenly spaced, the last included, e.g. 3, 6, 9, 12 at base, where BEiT's UperNet reads 4, 6, 8, 12)
+    # and the label the loss skips (255, BEiT's and SegFormer's `semantic_loss_ignore_index`)
+    segmentation_layers: list[int] | None = None
+    semantic_loss_ignore_index: int = 255
     initializer_range: float | int = 0.02
 
     def __post_init__(self, **kwargs):
@@ -137,6 +142,14 @@ class VlBeitConfig(VlPreTrainedConfig):
             self.tokenizer_config = tok
         super().__post_init__(**kwargs)
         self.vision_config.use_mask_token = True  # masked patches become a learned [MASK] embedding (BEiT)
+
+    @property
+    def segmentation_layer_indices(self) -> list[int]:
+        """`segmentation_layers`, or 4 evenly spaced layers ending with the last (fewer when the model is shallower)."""
+        if self.segmentation_layers is not None:
+            return list(self.segmentation_layers)
+        depth = self.vision_config.num_hidden_layers
+        return sorted({max(1, depth * k // 4) for k in range(1, 5)})
 
     @property
     def num_masking_patches(self) -> int:
@@ -169,6 +182,10 @@ class VlBeitConfig(VlPreTrainedConfig):
         if text.hidden_size != vision.hidden_size:
             raise ValueError(f"`text_config.hidden_size` ({text.hidden_size}) must equal `vision_config.hidden_size` "
                              f"({vision.hidden_size}): VL-BEiT has one shared backbone")
+        layers = self.segmentation_layers
+        if layers is not None and (not layers or not all(1 <= i <= vision.num_hidden_layers for i in layers)):
+            raise ValueError(f"`segmentation_layers` must be a non-empty list of layers in [1, "
+                             f"{vision.num_hidden_layers}] or None, got {layers}")
         grid = vision.image_size // vision.patch_size
         tok_grid = tok.vision_config.image_size // tok.vision_config.patch_size
         if tok.vision_config.image_size != vision.image_size or tok_grid != grid:

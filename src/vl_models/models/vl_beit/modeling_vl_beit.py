@@ -107,12 +107,17 @@ class VlBeitModel(BackboneMixin, VlBeitPreTrainedModel):
                              "`interpolate_pos_encoding=True` to resample it")
         return self.relative_position(text_length, grid)[:, None]  # [layers, 1, H, L, L]
 
-    def _encode(self, x, text_length, padding_mask=None, position_bias=None):
+    def _hidden_states(self, x, text_length, padding_mask=None, position_bias=None) -> list[torch.Tensor]:
+        """The input and every layer's output, before the final norm: [x_0, x_1, ..., x_L]."""
         mask = key_padding_mask(self.config.vision_config, x, padding_mask)
+        states = [x]
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask, text_length=text_length,
-                      position_bias=None if position_bias is None else position_bias[i])
-        return self.norm(x)
+            states.append(layer(states[-1], mask, text_length=text_length,
+                                position_bias=None if position_bias is None else position_bias[i]))
+        return states
+
+    def _encode(self, x, text_length, padding_mask=None, position_bias=None):
+        return self.norm(self._hidden_states(x, text_length, padding_mask, position_bias)[-1])
 
     def encode_text(self, input_ids, attention_mask=None):
         check_tensor("input_ids", input_ids, ndim=2, dtype="int")
@@ -123,6 +128,12 @@ class VlBeitModel(BackboneMixin, VlBeitPreTrainedModel):
         x = self.embed_image(pixel_values, bool_masked_pos, interpolate_pos_encoding)
         bias = self._position_bias(pixel_values, 0, interpolate_pos_encoding)
         return self._encode(x, 0, None, bias)  # [B, 1 + N, D]
+
+    def image_hidden_states(self, pixel_values, *, interpolate_pos_encoding=False) -> list[torch.Tensor]:
+        """The image-only pass's states without the final norm, [embeddings, layer 1, ..., layer L], each
+        [B, 1 + N, D]: what the vision fine-tuning heads read (BEiT drops the final norm under mean pooling)."""
+        x = self.embed_image(pixel_values, None, interpolate_pos_encoding)
+        return self._hidden_states(x, 0, None, self._position_bias(pixel_values, 0, interpolate_pos_encoding))
 
     def encode_pair(self, pixel_values, input_ids, attention_mask=None, *, bool_masked_pos=None,
                     interpolate_pos_encoding=False):
