@@ -18,7 +18,9 @@ from .readers import (
     read_vqav2,
     vqa_features,
 )
+from .readers_segmentation import SEGMENTATION_FEATURES, read_segmentation_folder, segmentation_labels
 from .shapes import (
+    SEGMENTATION_CLASSES,
     SHAPES_ANSWERS,
     TASKS,
     build_shapes,
@@ -32,6 +34,8 @@ __all__ = [
     "CAPTION_FEATURES",
     "NLVR2_FEATURES",
     "REFCOCO_FEATURES",
+    "SEGMENTATION_CLASSES",
+    "SEGMENTATION_FEATURES",
     "SHAPES_ANSWERS",
     "TASKS",
     "build_shapes",
@@ -46,8 +50,10 @@ __all__ = [
     "read_nlvr2",
     "read_parquet",
     "read_refcoco",
+    "read_segmentation_folder",
     "read_vqav2",
     "render_scene",
+    "segmentation_labels",
     "select_task",
     "vqa_features",
 ]

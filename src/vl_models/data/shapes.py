@@ -1,4 +1,5 @@
-"""Shapes: a built-in synthetic vision-language benchmark (captions, VQA, grounding, NLVR2).
+"""Shapes: a built-in synthetic vision-language benchmark (captions, VQA, grounding, NLVR2; semantic
+segmentation on request).
 
 ``build_shapes`` returns one ``datasets.DatasetDict`` whose splits are named ``"<task>_<split>"``
 (``"vqa_train"``, ``"grounding_validation"``, ...); ``select_task`` turns that into a plain
@@ -31,17 +32,22 @@ from .shapes_scene import (
     COLORS,
     MAX_OBJECTS,
     RELATIONS,
+    SEGMENTATION_CLASSES,
     SHAPES,
     SIZES,
     Scene,
     ShapeObject,
     encode_png,
     generate_scene,
+    render_mask,
     render_scene,
 )
 
 _VERSION = "shapes-v1"  # bump when generation changes, so cached fingerprints change too
-TASKS = ("captions", "vqa", "grounding", "nlvr2")
+TASKS = ("captions", "vqa", "grounding", "nlvr2")  # what `build_shapes` makes by default
+# on request only (`tasks=("segmentation",)`), so default builds keep their splits and cost
+OPTIONAL_TASKS = ("segmentation",)
+ALL_TASKS = TASKS + OPTIONAL_TASKS
 SPLITS = ("train", "validation", "test")
 NLVR2_LABELS = ("False", "True")
 
@@ -94,6 +100,15 @@ FEATURES = {
             "target_index": datasets.Value("int32"),
             "image_width": datasets.Value("int32"),
             "image_height": datasets.Value("int32"),
+            "objects": _OBJECTS,
+        }
+    ),
+    # scene_parse_150's columns (image, annotation); the annotation's pixel values are SEGMENTATION_CLASSES ids
+    "segmentation": datasets.Features(
+        {
+            "image": datasets.Image(),
+            "image_id": datasets.Value("int64"),
+            "annotation": datasets.Image(),
             "objects": _OBJECTS,
         }
     ),
@@ -182,6 +197,9 @@ def generate_records(
             out[task] = {**shared, "question_id": index, **_vqa_record(scene, rng)}
         elif task == "grounding":
             out[task] = {**shared, **_grounding_record(scene, rng)}
+        elif task == "segmentation":
+            mask = {"bytes": encode_png(render_mask(scene)), "path": None}
+            out[task] = {**shared, "annotation": mask}
         else:
             right = generate_scene(rng, image_size, min_objects=min_objects, max_objects=max_objects)
             sentence, truth = make_statement(scene, right, rng)
@@ -223,9 +241,9 @@ def build_shapes(
         _check_count(name, value)
     if isinstance(tasks, str):
         tasks = (tasks,)
-    unknown = [task for task in tasks if task not in TASKS]
+    unknown = [task for task in tasks if task not in ALL_TASKS]
     if unknown or not tasks:
-        raise ValueError(f"`tasks` must be a non-empty subset of {TASKS}, got {tuple(tasks)!r}")
+        raise ValueError(f"`tasks` must be a non-empty subset of {ALL_TASKS}, got {tuple(tasks)!r}")
     if not isinstance(captions_per_image, int) or captions_per_image < 1:
         raise ValueError(f"`captions_per_image` must be an int >= 1, got {captions_per_image!r}")
     tasks = tuple(dict.fromkeys(tasks))
@@ -268,9 +286,12 @@ __all__ = [
     "COLORS",
     "FEATURES",
     "MAX_OBJECTS",
+    "ALL_TASKS",
     "NLVR2_LABELS",
     "QUESTION_TYPES",
+    "OPTIONAL_TASKS",
     "RELATIONS",
+    "SEGMENTATION_CLASSES",
     "SHAPES",
     "SHAPES_ANSWERS",
     "SIZES",
@@ -282,6 +303,7 @@ __all__ = [
     "encode_png",
     "generate_records",
     "generate_scene",
+    "render_mask",
     "render_scene",
     "select_task",
 ]
