@@ -14,6 +14,7 @@ from .functional import (
     box_iou,
     boxes_to_xyxy,
     grounding_accuracy,
+    mean_iou,
     nlvr2_accuracy,
     normalize_vqa_answer,
     retrieval_recall,
@@ -23,7 +24,7 @@ from .functional import (
     vqa_soft_scores,
 )
 
-METRICS = ("vqa_accuracy", "retrieval_recall", "grounding_accuracy", "nlvr2_accuracy")
+METRICS = ("vqa_accuracy", "retrieval_recall", "grounding_accuracy", "nlvr2_accuracy", "mean_iou")
 
 
 def metric_path(name: str) -> str:
@@ -49,6 +50,7 @@ __all__ = [
     "boxes_to_xyxy",
     "grounding_accuracy",
     "load",
+    "mean_iou",
     "metric_path",
     "nlvr2_accuracy",
     "normalize_vqa_answer",

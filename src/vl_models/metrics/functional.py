@@ -187,6 +187,41 @@ def nlvr2_accuracy(predictions: Sequence[int], references: Sequence[int]) -> dic
     return {"accuracy": float((p == r).mean()) if len(p) else 0.0}
 
 
+# ---- semantic segmentation -------------------------------------------------------------------
+
+def mean_iou(predictions, references, num_labels: int, ignore_index: int | None = 255) -> dict:
+    """Semantic segmentation scores over a whole set, as mmseg and HF's ``mean_iou`` count them: per class,
+    IoU = (pixels both call c) / (pixels either calls c), summed over every image before dividing; classes
+    no prediction or reference has are NaN in ``per_category_iou`` and left out of ``mean_iou``. Reference
+    pixels equal to ``ignore_index`` count nowhere. ``predictions`` / ``references``: class maps [H, W] per
+    image (sizes may differ between images, not within a pair)."""
+    _same_length(predictions=predictions, references=references)
+    if not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"`num_labels` must be an int >= 1, got {num_labels!r}")
+    intersection, union = np.zeros(num_labels, np.int64), np.zeros(num_labels, np.int64)
+    correct = total = 0
+    for i, (pred, ref) in enumerate(zip(predictions, references)):
+        pred, ref = np.asarray(pred, np.int64), np.asarray(ref, np.int64)
+        if pred.shape != ref.shape:
+            raise ValueError(f"prediction {i} has shape {pred.shape} but its reference {ref.shape}")
+        keep = ref != ignore_index if ignore_index is not None else np.ones(ref.shape, bool)
+        for name, values in (("predictions", pred), ("references", ref[keep])):  # a prediction never ignores
+            if values.size and (values.min() < 0 or values.max() >= num_labels):
+                raise ValueError(f"`{name}` {i} has classes outside [0, {num_labels}) (ignore_index "
+                                 f"{ignore_index}): {sorted(set(values[(values < 0) | (values >= num_labels)]))[:10]}")
+        pred, ref = pred[keep], ref[keep]
+        hits = ref[pred == ref]
+        intersection += np.bincount(hits, minlength=num_labels)
+        union += np.bincount(pred, minlength=num_labels) + np.bincount(ref, minlength=num_labels)
+        correct, total = correct + hits.size, total + ref.size
+    union -= intersection
+    iou = np.divide(intersection, union, out=np.full(num_labels, np.nan), where=union > 0)
+    present = ~np.isnan(iou)
+    return {"mean_iou": float(iou[present].mean()) if present.any() else 0.0,
+            "overall_accuracy": correct / total if total else 0.0,
+            "per_category_iou": iou.tolist()}
+
+
 def _same_length(**sequences) -> None:
     lengths = {name: len(value) for name, value in sequences.items()}
     if len(set(lengths.values())) > 1:
