@@ -123,7 +123,7 @@ class VlBeitConfig(VlPreTrainedConfig):
     embed_dim: int = 256
     temperature: float | int = 0.07
     # semantic segmentation (`VlBeitForSemanticSegmentation`): the layers whose outputs the decoder reads (1-based;
-    # None: 4 evenly spaced, the last included, e.g. 3, 6, 9, 12 at base, where BEiT's UperNet reads 4, 6, 8, 12)
+    # None: 4 evenly spaced, the last included, e.g. 3, 6, 9, 12 at base; BEiT's UperNet config says [3, 5, 7, 11])
     # and the label the loss skips (255, BEiT's and SegFormer's `semantic_loss_ignore_index`)
     segmentation_layers: list[int] | None = None
     semantic_loss_ignore_index: int = 255
