@@ -201,24 +201,9 @@ class AlignFusePreTrainingMixin(PerUpdateState, TiedMlmMixin, FromTowersMixin):
             image_embeds_m = teacher.encode_image(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
             image_feat_m = gather_no_grad(teacher.image_feat(image_embeds_m))  # [B_global, E]
             text_feat_m = gather_no_grad(teacher.text_feat(teacher.encode_text(input_ids, attention_mask)))
-            image_keys, text_keys = image_feat_m, text_feat_m
-            if cfg.queue_size > 0:
-                image_keys = torch.cat([image_feat_m, self.image_queue.features.clone()], dim=0)
-                text_keys = torch.cat([text_feat_m, self.text_queue.features.clone()], dim=0)
-            # this rank's pairs sit at rows offset .. offset + B of the gathered features
-            batch = image_feat.shape[0]
-            offset = _rank_offset(batch)
-            hard = torch.zeros(batch, image_keys.shape[0], device=image_feat.device)
-            hard[torch.arange(batch), offset + torch.arange(batch)] = 1.0
-            local = slice(offset, offset + batch)
-            sim_i2t_m = image_feat_m[local] @ text_keys.t() / self.temp
-            sim_t2i_m = text_feat_m[local] @ image_keys.t() / self.temp
-            targets_i2t = alpha * sim_i2t_m.softmax(-1) + (1 - alpha) * hard
-            targets_t2i = alpha * sim_t2i_m.softmax(-1) + (1 - alpha) * hard
-
-        sim_i2t = image_feat @ text_keys.t() / self.temp  # [B, B_global + Q]
-        sim_t2i = text_feat @ image_keys.t() / self.temp
-        loss_itc = itc_loss_with_targets(sim_i2t, sim_t2i, targets_i2t, targets_t2i)
+        queues = (self.image_queue, self.text_queue) if cfg.queue_size > 0 else None
+        loss_itc, sim_i2t, sim_t2i, local = momentum_itc(image_feat, text_feat, image_feat_m, text_feat_m,
+                                                         self.temp, alpha, queues)
         if self.training and cfg.queue_size > 0:
             self.image_queue.enqueue(image_feat_m[local])  # the queue gathers from every rank itself
             self.text_queue.enqueue(text_feat_m[local])
@@ -254,26 +239,88 @@ class AlignFusePreTrainingMixin(PerUpdateState, TiedMlmMixin, FromTowersMixin):
                                        attention_mask, sim_i2t, sim_t2i, generator, self.config.itm_uniform_negatives)
 
 
-def sample_hard_negatives(sim_i2t, sim_t2i, generator=None, uniform: float = 0.0):
-    """For each image a text and for each text an image, never the positive itself, drawn from
+def momentum_itc(image_feat, text_feat, image_feat_m, text_feat_m, temp, alpha, queues=None, positives=None):
+    """ITC with momentum distillation (ALBEF): this rank's B pairs against the teacher's features of the global batch
+    and the queues. image_feat / text_feat [B, E]: the student's; *_m [B_global, E]: the teacher's, gathered from
+    every rank; queues: (image, text) `FeatureQueue`s or None. Target = alpha * softmax(teacher similarity) +
+    (1 - alpha) * `positives` [B, B_global + Q] (bool, the columns that match each row; None: its own pair) spread
+    evenly over a row. Returns (loss, sim_i2t, sim_t2i [B, B_global + Q], `local`: the columns of this rank's pairs)."""
+    with torch.no_grad():
+        image_keys, text_keys = image_feat_m, text_feat_m
+        if queues is not None:
+            image_keys = torch.cat([image_feat_m, queues[0].features.clone()], dim=0)
+            text_keys = torch.cat([text_feat_m, queues[1].features.clone()], dim=0)
+        # this rank's pairs sit at rows offset .. offset + B of the gathered features
+        batch = image_feat.shape[0]
+        offset = _rank_offset(batch)
+        if positives is None:
+            hard = torch.zeros(batch, image_keys.shape[0], device=image_feat.device)
+            hard[torch.arange(batch), offset + torch.arange(batch)] = 1.0
+        else:  # several captions of one image are all positives (ALBEF's retrieval fine-tuning)
+            hard = positives.float() / positives.float().sum(-1, keepdim=True)
+        local = slice(offset, offset + batch)
+        sim_i2t_m = image_feat_m[local] @ text_keys.t() / temp
+        sim_t2i_m = text_feat_m[local] @ image_keys.t() / temp
+        targets_i2t = alpha * sim_i2t_m.softmax(-1) + (1 - alpha) * hard
+        targets_t2i = alpha * sim_t2i_m.softmax(-1) + (1 - alpha) * hard
+
+    sim_i2t = image_feat @ text_keys.t() / temp  # [B, B_global + Q]
+    sim_t2i = text_feat @ image_keys.t() / temp
+    return itc_loss_with_targets(sim_i2t, sim_t2i, targets_i2t, targets_t2i), sim_i2t, sim_t2i, local
+
+
+class IdQueue(nn.Module):
+    """The image id of each row of a `FeatureQueue` [size] (-1: none, e.g. rows filled in pre-training). Written at
+    the feature queue's pointer, so the two stay aligned whatever checkpoint either came from."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.register_buffer("ids", torch.full((size,), -1, dtype=torch.long))
+
+    def reset_parameters(self) -> None:
+        init.constant_(self.ids, -1)  # skipped when loaded from a checkpoint
+
+    @torch.no_grad()
+    def enqueue(self, ids: torch.Tensor, ptr: torch.Tensor) -> None:
+        """Append ids [B] from every rank at `ptr`, the feature queue's pointer before its own enqueue."""
+        ids = gather_no_grad(ids)
+        kept = ids[-self.size:]
+        start = ptr + (ids.shape[0] - kept.shape[0])
+        rows = (start + torch.arange(kept.shape[0], device=self.ids.device)) % self.size
+        self.ids.index_copy_(0, rows, kept.to(self.ids))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+def sample_hard_negatives(sim_i2t, sim_t2i, generator=None, uniform: float = 0.0, same=None):
+    """For each image a text and for each text an image, never the positive itself (nor a `same` pair), drawn from
     `(1 - uniform) * softmax(similarity) + uniform * (uniform over the batch)`. sim_* [B, B] -> (negative image
     per text [B], negative text per image [B]).
 
     `uniform` 0 is ALBEF's hard-negative sampling. From scratch the similarity-sampled negatives are
     indistinguishable for a fusion encoder that cannot yet compare image and text, ITM stays at its class prior,
-    and easy (uniform) negatives are what lets it start (docs/methods.md, "Learning from scratch")."""
+    and easy (uniform) negatives are what lets it start (docs/methods.md, "Learning from scratch").
+
+    `same` [B, B] bool: pairs that are no negatives besides the positive itself (captions of the same image,
+    ALBEF's retrieval fine-tuning); a row with nothing else left falls back to every other row (no true negative
+    exists there)."""
     with torch.no_grad():
         batch = sim_i2t.shape[0]
-        eye = torch.eye(batch, dtype=torch.bool, device=sim_i2t.device)
-        others = (~eye).float() / max(1, batch - 1)
+        excluded = torch.eye(batch, dtype=torch.bool, device=sim_i2t.device)
+        if same is not None:
+            same = same.to(excluded.device) | excluded
+            excluded = torch.where(same.all(-1, keepdim=True), excluded, same)
+        others = (~excluded).float() / (~excluded).sum(-1, keepdim=True).clamp_min(1)
 
         def weights(sims):
             # non-finite similarities (NaN inputs) sample uniformly, so the step ends in a non-finite loss that the
             # training loop skips on every process, instead of a crash inside multinomial; a tiny floor keeps rows
-            # valid when the softmax underflows to exact zeros off the diagonal
-            hard = sims.float().softmax(-1).nan_to_num(0.0, 0.0, 0.0).masked_fill(eye, 0)
+            # valid when the softmax underflows to exact zeros off the excluded pairs
+            hard = sims.float().softmax(-1).nan_to_num(0.0, 0.0, 0.0).masked_fill(excluded, 0)
             hard = hard / hard.sum(-1, keepdim=True).clamp_min(1e-30)
-            return (1 - uniform) * hard + uniform * others + 1e-8 * ~eye
+            return (1 - uniform) * hard + uniform * others + 1e-8 * ~excluded
 
         neg_image = multinomial(weights(sim_t2i), 1, generator).squeeze(1)
         neg_text = multinomial(weights(sim_i2t), 1, generator).squeeze(1)
@@ -281,11 +328,12 @@ def sample_hard_negatives(sim_i2t, sim_t2i, generator=None, uniform: float = 0.0
 
 
 def itm_with_hard_negatives(fuse, itm_head, image_embeds, text_embeds, attention_mask, sim_i2t, sim_t2i,
-                            generator=None, uniform: float = 0.0):
-    """ITM on B positives and 2B hard negatives (`sample_hard_negatives` with `uniform`); `fuse(images, texts,
-    masks)` is the fusion encoder (its first position is classified). Returns (loss, logits [3B, 2], accuracy)."""
+                            generator=None, uniform: float = 0.0, same=None):
+    """ITM on B positives and 2B hard negatives (`sample_hard_negatives` with `uniform` and `same`); `fuse(images,
+    texts, masks)` is the fusion encoder (its first position is classified). Returns (loss, logits [3B, 2],
+    accuracy)."""
     batch = image_embeds.shape[0]
-    neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_t2i, generator, uniform)
+    neg_image, neg_text = sample_hard_negatives(sim_i2t, sim_t2i, generator, uniform, same)
     images = torch.cat([image_embeds, image_embeds[neg_image], image_embeds], dim=0)  # [3B, 1 + n, D]
     texts = torch.cat([text_embeds, text_embeds, text_embeds[neg_text]], dim=0)
     masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text]], dim=0)
