@@ -291,9 +291,17 @@ class PreTrainingCollator(_Collator):
         return block_masking(1, (side, side), num_masked, generator=generator)
 
 
+def _image_id(row: dict) -> int | None:
+    if row.get("image_id") is not None:
+        return int(row["image_id"])
+    return row.get(INDEX_KEY) if "captions" in row else None  # a row per caption has no image index of its own
+
+
 class RetrievalCollator(_Collator):
-    """Image-caption rows -> one (image, caption) pair each. `random_caption`: draw one of the image's captions
-    per sample and epoch (training); otherwise the first one."""
+    """Image-caption rows -> one (image, caption) pair each, and `image_ids` [B]: the row's `image_id` (captions of
+    one image share it: positives of each other, also across batches through ALBEF's queue), else the index of a
+    row that holds all of an image's `captions`; left out when neither is known. `random_caption`: draw one of the
+    image's captions per sample and epoch (training); otherwise the first one."""
 
     def __init__(self, processor, *, random_caption: bool = True, seed: int = 0, max_length: int | None = None):
         super().__init__(processor, seed=seed, max_length=max_length)
@@ -303,7 +311,11 @@ class RetrievalCollator(_Collator):
         rows, images = self._readable(rows)
         texts = [_caption(row, self._generator(row, i) if self.random_caption else None)
                  for i, row in enumerate(rows)]
-        return self._encode([im[0] for im in images], texts)
+        batch = self._encode([im[0] for im in images], texts)
+        ids = [_image_id(row) for row in rows]
+        if None not in ids:
+            batch["image_ids"] = torch.tensor(ids, dtype=torch.long)
+        return batch
 
 
 class VqaCollator(_Collator):

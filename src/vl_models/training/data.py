@@ -239,7 +239,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num_val_images", type=int, default=200, help="Shapes: validation examples")
     g.add_argument("--num_test_images", type=int, default=200, help="Shapes: test examples")
     g.add_argument("--shapes_image_size", type=int, default=64, help="Shapes: rendered image side in pixels")
-    g.add_argument("--itm_k", type=int, default=16, help="retrieval: ITM re-ranks each query's top k by ITC (0: rank by ITC alone)")
+    g.add_argument("--itm_k", type=int, default=256,
+                   help="retrieval: each query's top k by ITC are re-scored by ITM + ITC (ALBEF: 256, capped at the "
+                        "gallery size; 0: rank by ITC alone)")
     g.add_argument("--eval_max_images", type=int, default=None, help="retrieval: evaluate on the first N images")
     add_cache_dir_arg(g)
 

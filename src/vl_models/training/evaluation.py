@@ -65,14 +65,22 @@ def zero_shot_retrieval(model, inputs: dict, device, *, batch_size: int = 128) -
 
 
 @torch.no_grad()
-def evaluate_retrieval(model, processor, ds: datasets.Dataset, device, *, k: int = 16, max_images: int | None = None,
+def evaluate_retrieval(model, processor, ds: datasets.Dataset, device, *, k: int = 256, max_images: int | None = None,
                        batch_size: int = 128) -> dict:
-    """`XForImageTextRetrieval.rank` (ITC everywhere, ITM re-ranks each side's top k) -> recall@1/5/10."""
+    """`XForImageTextRetrieval.rank` (ALBEF's inference: ITC ranks everything, each query's top k, capped at the
+    gallery, re-scored by ITM + ITC) -> recall@1/5/10; image->text from the images' top-k matrix, text->image from
+    the texts', as ALBEF scores them."""
     model.eval()
     inputs = retrieval_inputs(ds, processor, max_images)
-    scores = model.rank(inputs["pixel_values"].to(device), inputs["input_ids"].to(device),
-                        inputs["attention_mask"].to(device), k=k, batch_size=batch_size)
-    return recall(scores.cpu(), inputs["text_to_image"])
+    image_to_text, text_to_image = model.rank(inputs["pixel_values"].to(device), inputs["input_ids"].to(device),
+                                              inputs["attention_mask"].to(device), k=k, batch_size=batch_size,
+                                              per_direction=True)
+    result = recall(image_to_text.cpu(), inputs["text_to_image"])
+    result.update({key: value for key, value in recall(text_to_image.cpu(), inputs["text_to_image"]).items()
+                   if key.startswith("text_to_image_")})
+    result["mean_recall"] = float(np.mean([v for key, v in result.items() if key.startswith(("image_to_text_r",
+                                                                                              "text_to_image_r"))]))
+    return result
 
 
 def task_collator(task: str, processor, *, num_labels: int | None = None, train: bool = True, seed: int = 0):

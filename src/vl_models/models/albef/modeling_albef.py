@@ -10,8 +10,8 @@ from ...layers.align_fuse import (
 )
 from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
+    AlignFuseRetrievalMixin,
     ImagesAndTextClassificationMixin,
-    ImageTextRetrievalMixin,
     QuestionAnsweringMixin,
     VisualGroundingMixin,
 )
@@ -46,7 +46,7 @@ class AlbefForPreTraining(AlignFusePreTrainingMixin, AlbefPreTrainedModel):
         return self.pretraining_output(losses, extras)
 
 
-class AlbefForImageTextRetrieval(ImageTextRetrievalMixin, AlbefPreTrainedModel):
+class AlbefForImageTextRetrieval(AlignFuseRetrievalMixin, AlbefPreTrainedModel):
     _backbone_class = AlbefModel
 
 

@@ -16,8 +16,8 @@ from ...layers.losses import feature_reconstruction_loss, masked_patch_mse, patc
 from ...layers.masking import masking_from_mask, random_masking
 from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
+    AlignFuseRetrievalMixin,
     ImagesAndTextClassificationMixin,
-    ImageTextRetrievalMixin,
     QuestionAnsweringMixin,
     VisualGroundingMixin,
 )
@@ -105,7 +105,7 @@ class VlmaeForPreTraining(AlignFusePreTrainingMixin, VlmaePreTrainedModel):
         return self.pretraining_output(losses, extras, image_mask=masking.mask, reconstruction=reconstruction)
 
 
-class VlmaeForImageTextRetrieval(ImageTextRetrievalMixin, VlmaePreTrainedModel):
+class VlmaeForImageTextRetrieval(AlignFuseRetrievalMixin, VlmaePreTrainedModel):
     _backbone_class = VlmaeModel
 
 

@@ -16,8 +16,8 @@ from ...layers.masking import beit_image_mask
 from ...layers.mim import CodebookTargets, MaskedImageModelingHead, TokenizerTargets
 from ...layers.outputs import VlPreTrainingOutput
 from ...layers.tasks import (
+    AlignFuseRetrievalMixin,
     ImagesAndTextClassificationMixin,
-    ImageTextRetrievalMixin,
     QuestionAnsweringMixin,
     VisualGroundingMixin,
 )
@@ -149,7 +149,7 @@ class VqMimForPreTraining(AlignFusePreTrainingMixin, VqMimPreTrainedModel):
                                image_mask, generator=generator)
 
 
-class VqMimForImageTextRetrieval(ImageTextRetrievalMixin, VqMimPreTrainedModel):
+class VqMimForImageTextRetrieval(AlignFuseRetrievalMixin, VqMimPreTrainedModel):
     _backbone_class = VqMimModel
 
 
