@@ -14,7 +14,7 @@ from .cards import (
     validate_card,
     widget_examples,
 )
-from .push import HubPushError, load_for_task, push_folder, push_to_hub, save_for_hub
+from .push import HubPushError, add_endpoint_handler, load_for_task, push_folder, push_to_hub, save_for_hub
 from .remote_code import (
     add_remote_code,
     auto_map,
@@ -27,6 +27,7 @@ __all__ = [
     "PIPELINE_TAGS",
     "TASK_NAMES",
     "HubPushError",
+    "add_endpoint_handler",
     "add_remote_code",
     "auto_map",
     "build_model_card",

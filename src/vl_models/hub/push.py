@@ -7,6 +7,7 @@ can be retried with `push_folder` without saving again.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import re
 import shutil
@@ -19,7 +20,7 @@ from ..modeling_utils import VlPreTrainedModel
 from ..registry import method_of
 from ..utils import describe
 from .cards import build_model_card
-from .remote_code import add_remote_code, strip_remote_code
+from .remote_code import REMOTE_CODE_HEADER, add_remote_code, strip_remote_code
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +89,61 @@ def save_for_hub(model, processor, folder: str | Path, repo_id: str, *, card=Non
             processor.save_pretrained(folder)
     if remote_code:
         add_remote_code(folder, spec)
+        add_endpoint_handler(folder, spec)
     else:  # a model loaded from a remote-code repo still carries its auto_map
         strip_remote_code(folder)
     if card is None:
         card = build_model_card(model, repo_id, **{"remote_code": remote_code, **card_kwargs})
     (folder / "README.md").write_text(str(card), encoding="utf-8")
     return folder
+
+
+# what handler.py and the remote code import (transformers loads the safetensors weights)
+_ENDPOINT_REQUIREMENTS = ("torch", "transformers", "huggingface-hub", "tokenizers", "safetensors", "numpy", "pillow")
+
+
+def endpoint_requirements() -> str:
+    """requirements.txt of a pushed repo: the packages handler.py and the remote code need, with the versions
+    vl_models declares (its installed metadata, i.e. pyproject.toml)."""
+    declared = {}
+    for requirement in importlib.metadata.requires("vl_models") or []:
+        name = re.match(r"[A-Za-z0-9_.-]+", requirement).group().lower().replace("_", "-")
+        if "extra ==" not in requirement:
+            declared[name] = requirement.split(";")[0].strip()
+    return "".join(declared.get(name, name) + "\n" for name in _ENDPOINT_REQUIREMENTS)
+
+
+def _endpoint_entry(spec, pipelines: dict[str, str]) -> str:
+    """vl_models_endpoint.py: the one remote-code module handler.py loads without vl_models (see its `_code`)."""
+    imports = "".join(f"from .{ref.split('.')[0]} import {ref.split('.')[1]}\n" for ref in pipelines.values())
+    classes = ", ".join(f"{task!r}: {ref.split('.')[1]}" for task, ref in pipelines.items())
+    return (f"{REMOTE_CODE_HEADER}: the entry point of handler.py, written at push time; do not edit.\n"
+            f"from .vl_models_models_{spec.name} import METHOD\n"
+            "from .vl_models_pipelines_capabilities import supported_tasks\n"
+            "from .vl_models_registry import _METHODS, task_of\n" + imports + "\n"
+            "# what `import vl_models` does for its methods, without registering Auto classes: the pipelines look "
+            "the\n# model's method up in the registry\n"
+            "_METHODS.setdefault(METHOD.name, METHOD)\n"
+            "ENDPOINT = {'method': METHOD, 'task_of': task_of, 'supported_tasks': supported_tasks,\n"
+            f"            'pipelines': {{{classes}}}}}\n")
+
+
+def add_endpoint_handler(folder: str | Path, method) -> list[Path]:
+    """Write the Inference Endpoints custom handler (`handler.py`: hub/endpoint_handler.py with its METHOD set)
+    and `requirements.txt` into a saved checkpoint folder that holds the remote code. Returns the files."""
+    from . import endpoint_handler
+
+    folder, spec = Path(folder), method_of(method)
+    source = Path(endpoint_handler.__file__).read_text(encoding="utf-8")
+    if 'METHOD = ""' not in source:
+        raise ValueError(f"{endpoint_handler.__file__} lost its `METHOD = \"\"` line")
+    handler = folder / "handler.py"
+    handler.write_text(source.replace('METHOD = ""', f"METHOD = {spec.name!r}", 1), encoding="utf-8")
+    entry = folder / "vl_models_endpoint.py"
+    entry.write_text(_endpoint_entry(spec, endpoint_handler.PIPELINES), encoding="utf-8")
+    requirements = folder / "requirements.txt"
+    requirements.write_text(endpoint_requirements(), encoding="utf-8")
+    return [handler, entry, requirements]
 
 
 def _operations(folder: Path, remote_files: list[str]):
@@ -202,4 +252,4 @@ def load_for_task(name_or_path: str | Path, task: str, **kwargs):
     return model, info
 
 
-__all__ = ["HubPushError", "load_for_task", "push_folder", "push_to_hub", "save_for_hub"]
+__all__ = ["HubPushError", "add_endpoint_handler", "endpoint_requirements", "load_for_task", "push_folder", "push_to_hub", "save_for_hub"]

@@ -8,7 +8,9 @@ computed from the installed package's source (with `ast`, lazy imports inside fu
 module is written as one file of the checkpoint's folder with its vl_models imports made flat and relative:
 `from ...layers.attention import X` -> `from .vl_models_layers_attention import X`. Package `__init__`s are
 not copied (names they re-export are traced to their defining module), so remote code registers nothing with
-the Auto classes. The files then import torch, transformers, huggingface_hub, tokenizers, numpy and PIL only.
+the Auto classes; the one exception is the method's own `__init__` (`vl_models_models_<method>.py`), which only
+defines its `METHOD` record (registration is in `vl_models.models`). The pipeline modules come too: the Inference
+Endpoints handler (`handler.py`, see `hub/endpoint_handler.py`) runs them from the repo. The files then import torch, transformers, huggingface_hub, tokenizers, numpy and PIL only.
 
 This module is itself part of that closure (`VlPreTrainedModel.save_pretrained` imports it): running as remote
 code, `add_remote_code` copies the checkpoint's files it was loaded from instead of generating them.
@@ -28,9 +30,14 @@ from ..registry import companion_of, method_classes, method_of
 CONFIG_FILE = "config.json"
 PROCESSOR_FILE = "processor_config.json"
 REMOTE_CODE_HEADER = "# Remote code of a vl_models checkpoint"
+_HANDLER_HEADER = '"""Inference Endpoints custom handler of a vl_models checkpoint'  # hub/endpoint_handler.py
 _OLD_SHIM_HEADER = '"""Remote code of a vl_models checkpoint'  # re-export shims of vl_models <= 0.1.0 checkpoints
 # True where this file runs as a checkpoint's remote code (module transformers_modules.<repo>...)
 _AS_REMOTE_CODE = not __name__.startswith("vl_models.")
+
+
+# the pipeline modules handler.py runs (vl_models.pipelines.<name>; base and capabilities come as their imports)
+PIPELINE_MODULES = ("zero_shot", "matching", "vqa", "grounding", "fill_mask")
 
 
 def _flat_name(module: str) -> str:
@@ -89,8 +96,9 @@ def _bindings(module: str, node) -> list[tuple[str, str | None, str]] | None:
         if any(a.asname is None for a in names):
             raise ValueError(f"{module}: `import {names[0].name}` cannot be made relative; use `from ... import`")
         return [(a.name, None, a.asname) for a in names]
-    if node.level:
-        target = ".".join(module.split(".")[:-node.level] + ([node.module] if node.module else []))
+    if node.level:  # level 1 is the module's package: the module itself for a package's __init__
+        parts = module.split(".") + ([""] if hasattr(importlib.import_module(module), "__path__") else [])
+        target = ".".join(parts[:-node.level] + ([node.module] if node.module else []))
     elif node.module and node.module.split(".")[0] == "vl_models":
         target = node.module
     else:
@@ -178,7 +186,10 @@ def remote_code_files(method) -> dict[str, str]:
     transformers, huggingface_hub, tokenizers, numpy and PIL only, so a checkpoint runs without vl_models."""
     spec = method_of(method)
     version = importlib.import_module("vl_models").__version__  # not `import vl_models`: this file is remote code too
-    todo, files, owners = sorted({cls.__module__ for cls in method_classes(spec)}), {}, {}
+    # + the method's record (its package __init__, which registers nothing: vl_models.models does) and the
+    # pipelines, for the Inference Endpoints handler (handler.py) to run the package's pipelines from the repo
+    roots = {cls.__module__ for cls in method_classes(spec)} | {spec.pretraining_class.__module__.rpartition(".")[0]}
+    todo, files, owners = sorted(roots | {f"vl_models.pipelines.{name}" for name in PIPELINE_MODULES}), {}, {}
     while todo:
         module = todo.pop()
         name = _flat_name(module) + ".py"
@@ -262,6 +273,10 @@ def strip_remote_code(folder: str | Path) -> None:
     for path in folder.glob("*.py"):
         if path.read_text(encoding="utf-8").startswith((REMOTE_CODE_HEADER, _OLD_SHIM_HEADER)):
             path.unlink()
+    handler = folder / "handler.py"  # the Inference Endpoints handler runs the remote code: it goes with it
+    if handler.is_file() and handler.read_text(encoding="utf-8").startswith(_HANDLER_HEADER):
+        handler.unlink()
+        (folder / "requirements.txt").unlink(missing_ok=True)
 
 
 __all__ = ["REMOTE_CODE_HEADER", "add_remote_code", "auto_map", "companion_of", "method_of", "processor_auto_map",
