@@ -18,14 +18,15 @@ from ..registry import method_of, task_of
 from ..utils import describe
 
 # the Hub task of each head (https://huggingface.co/tasks). Pre-trained encoders give features; retrieval
-# heads score captions against an image; NLVR2 answers true/false about images (closest Hub task: VQA).
+# heads score captions against an image; NLVR2 judges a sentence about a pair of images, which no Hub task or
+# widget takes ("other", no widget: a one-image VQA widget could not be served).
 PIPELINE_TAGS = {
     "pretraining": "image-feature-extraction",
     "base": "image-feature-extraction",
     "retrieval": "zero-shot-image-classification",
     "vqa": "visual-question-answering",
     "grounding": "zero-shot-object-detection",
-    "nlvr2": "visual-question-answering",
+    "nlvr2": "other",
     "companion": "image-feature-extraction",  # VL-BEiT's visual tokenizer: image -> discrete codes
 }
 TASK_NAMES = {
@@ -54,6 +55,8 @@ def widget_examples(pipeline_tag: str) -> list[dict]:
         return [{**example, "text": "How many cats are there?"}]
     if pipeline_tag in ("zero-shot-image-classification", "zero-shot-object-detection"):
         return [{**example, "candidate_labels": "two cats on a couch, a dog in the snow"}]
+    if pipeline_tag == "other":
+        return []
     return [example]
 
 
