@@ -123,11 +123,9 @@ def main(argv=None) -> dict:
     scheduler = build_scheduler(optimizer.optimizer, warmup, total, name=args.lr_scheduler_type)
     accelerator.register_for_checkpointing(scheduler)
     checkpoint_dir = args.output_dir / "checkpoints"
-    done = finished_run(args, total)
-    if done is not None:
-        logger.info("%s already finished at update %d: nothing to do (a larger --max_train_steps trains on)",
-                    args.output_dir, done)
-        return {"step": done, "metrics": {}, "output_dir": str(args.output_dir)}
+    finished = finished_run(args, total)
+    if finished is not None:
+        return finished
     step, resumed = resume_run(accelerator, args, checkpoint_dir)
 
     def evaluate(step: int) -> dict:

@@ -233,11 +233,9 @@ def pretrain(args, accelerator) -> dict:
     ramp_alpha = accepts(model_class, "alpha") and hasattr(config, "alpha")
     checkpoint_dir = args.output_dir / "checkpoints"
 
-    done = finished_run(args, total)
-    if done is not None:
-        logger.info("%s already finished at update %d: nothing to do (a larger --max_train_steps trains on)",
-                    args.output_dir, done)
-        return {"step": done, "metrics": {}, "output_dir": str(args.output_dir)}
+    finished = finished_run(args, total)
+    if finished is not None:
+        return finished
     step, resumed = resume_run(accelerator, args, checkpoint_dir)
     # zero-shot retrieval needs ITC features (the visual tokenizer has none)
     has_itc = hasattr(accelerator.unwrap_model(model).base_model, "get_image_features")

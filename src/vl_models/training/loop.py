@@ -197,10 +197,10 @@ def resume_run(accelerator, args, checkpoint_dir: Path) -> tuple[int, dict | Non
     return state["step"], state
 
 
-def finished_run(args, total: int) -> int | None:
-    """The last update of a run that already ended in `--output_dir` (its final model saved, its results
-    written), when this one would only restart it: `--resume_from_checkpoint latest` and no more updates asked
-    for. The same command that restarts a preempted job is then a no-op on a finished one."""
+def finished_run(args, total: int) -> dict | None:
+    """The scripts' result for a run that already ended in `--output_dir` (its final model saved, its results
+    written) when this one would only restart it: `--resume_from_checkpoint latest` and no more updates asked
+    for. The same command that restarts a preempted job is then a no-op on a finished one. None otherwise."""
     marker = Path(args.output_dir) / STATE_FILE
     if args.resume_from_checkpoint != "latest" or not marker.is_file():
         return None
@@ -208,7 +208,11 @@ def finished_run(args, total: int) -> int | None:
         done = json.loads(marker.read_text())["step"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         return None
-    return done if isinstance(done, int) and done >= total else None
+    if not (isinstance(done, int) and done >= total):
+        return None
+    logger.info("%s already finished at update %d: nothing to do (a larger --max_train_steps trains on)",
+                args.output_dir, done)
+    return {"step": done, "metrics": {}, "output_dir": str(args.output_dir)}
 
 
 def mark_finished(output_dir: Path, step: int) -> None:
