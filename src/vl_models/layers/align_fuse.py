@@ -35,6 +35,7 @@ from .momentum import (
     freeze,
     init_teachers_from_students,
     momentum_update,
+    ring_write,
 )
 from .outputs import VlPreTrainingOutput
 from .towers import FusionTransformer, TextTransformer, VisionTransformer
@@ -284,11 +285,7 @@ class IdQueue(nn.Module):
     @torch.no_grad()
     def enqueue(self, ids: torch.Tensor, ptr: torch.Tensor) -> None:
         """Append ids [B] from every rank at `ptr`, the feature queue's pointer before its own enqueue."""
-        ids = gather_no_grad(ids)
-        kept = ids[-self.size:]
-        start = ptr + (ids.shape[0] - kept.shape[0])
-        rows = (start + torch.arange(kept.shape[0], device=self.ids.device)) % self.size
-        self.ids.index_copy_(0, rows, kept.to(self.ids))
+        ring_write(self.ids, gather_no_grad(ids).to(self.ids), ptr)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"

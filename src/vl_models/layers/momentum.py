@@ -46,11 +46,7 @@ class FeatureQueue(nn.Module):
         total = feats.shape[0]
         if total == 0:
             return
-        kept = feats[-self.size :]
-        # writing all `total` rows in order and keeping the last `size` == writing `kept` from here
-        start = self.ptr + (total - kept.shape[0])
-        idx = (start + torch.arange(kept.shape[0], device=self.features.device)) % self.size
-        self.features.index_copy_(0, idx, kept)
+        ring_write(self.features, feats, self.ptr)
         self.ptr.copy_((self.ptr + total) % self.size)
 
     def extra_repr(self) -> str:
@@ -73,6 +69,16 @@ def _unwrapped_names(module: nn.Module, getter: str) -> tuple[dict, dict]:
         else:
             adapters[name] = tensor
     return plain, adapters
+
+
+@torch.no_grad()
+def ring_write(buffer: torch.Tensor, rows: torch.Tensor, ptr: torch.Tensor) -> None:
+    """Write `rows` [N, ...] into the ring `buffer` [size, ...] from position `ptr` on, in order, wrapping around:
+    writing all N and keeping the last `size` == writing those last `size` from ptr + (N - size)."""
+    size = buffer.shape[0]
+    kept = rows[-size:]
+    start = ptr + (rows.shape[0] - kept.shape[0])
+    buffer.index_copy_(0, (start + torch.arange(kept.shape[0], device=buffer.device)) % size, kept)
 
 
 def _paired_tensors(pairs: ModulePairs):
