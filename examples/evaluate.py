@@ -1,8 +1,9 @@
-"""Evaluate a model on retrieval, VQA, visual grounding or NLVR2 and write a results JSON.
+"""Evaluate a model on retrieval, VQA, visual grounding, NLVR2 or semantic segmentation and write a results JSON.
 
     python examples/evaluate.py --model_name_or_path outputs/finetune-vqa            # task from the checkpoint
     python examples/evaluate.py --model_name_or_path outputs/pretrain-vlmae-small --task retrieval  # zero-shot
     accelerate launch examples/evaluate.py --model_name_or_path org/vlmae-base-vqa --data ... --split test
+    python examples/evaluate.py --model_name_or_path outputs/finetune-segmentation --data /data/ADEChallengeData2016
 
 The results (`[{"task", "dataset", "split", "metrics": {...}}]`, the list the Hub model-card code reads) are
 merged into `--output_file` (default: eval_results.json in the model folder, when it is a local folder).
@@ -20,7 +21,6 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoConfig, AutoProcessor
 
-import vl_models
 from vl_models.training import (
     PRIMARY_METRIC,
     TASKS,
@@ -36,6 +36,8 @@ from vl_models.training import (
     majority_baseline,
     run_cli,
     setup_logging,
+    task_class,
+    task_classes,
     user_errors,
     write_results,
 )
@@ -66,9 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def checkpoint_task(config) -> tuple[str, bool]:
     """(task, zero_shot) from the checkpoint's architecture: a task class gives its task, a pre-training or
     base model gives zero-shot retrieval."""
-    spec = vl_models.get_method(config.model_type)
     names = set(config.architectures or [])
-    for task, cls in spec.task_classes.items():
+    for task, cls in task_classes(config.model_type).items():
         if cls.__name__ in names:
             return task, False
     return "retrieval", True
@@ -85,10 +86,10 @@ def main(argv=None) -> list[dict]:
         found_task, zero_shot = checkpoint_task(config)
         task = args.task or found_task
         zero_shot = zero_shot or task != found_task
+        model_class = task_class(config.model_type, task, args.model_name_or_path)
         if zero_shot and task != "retrieval":
             raise UserError(f"{args.model_name_or_path} has no {task} head (it is a {config.architectures} "
                             f"checkpoint): fine-tune it first with examples/finetune.py --task {task}")
-        model_class = vl_models.get_method(config.model_type).task_classes[task]
         model, _ = load_quietly(model_class.from_pretrained, args.model_name_or_path)
         processor = AutoProcessor.from_pretrained(args.model_name_or_path)
     answers = [config.id2label[i] for i in range(config.num_labels)] if task == "vqa" else None
@@ -104,7 +105,8 @@ def main(argv=None) -> list[dict]:
                                          k=args.itm_k, max_images=args.eval_max_images)
         else:
             loader = accelerator.prepare(eval_dataloader(task, ds, processor, args.per_device_eval_batch_size,
-                                                         num_labels=config.num_labels))
+                                                         num_labels=config.num_labels,
+                                                         reduce_labels=info.get("reduce_labels", False)))
             metrics = evaluate_classification(task, model, loader, accelerator)
     baseline = majority_baseline(task, ds)
     if baseline is not None:

@@ -1,8 +1,11 @@
-"""Fine-tune a pre-trained model on a downstream task: retrieval, VQA, visual grounding or NLVR2.
+"""Fine-tune a pre-trained model on a downstream task: retrieval, VQA, visual grounding, NLVR2 or (VL-BEiT)
+semantic segmentation.
 
     accelerate launch examples/finetune.py --task vqa --model_name_or_path outputs/pretrain-vlmae-small
     accelerate launch examples/finetune.py --task retrieval --model_name_or_path org/vlmae-base \\
         --data /data/coco/dataset_coco.json --image_dir /data/coco
+    accelerate launch examples/finetune.py --task segmentation --model_name_or_path outputs/pretrain-vl_beit-small \\
+        --data /data/ADEChallengeData2016
 
 The task head starts from scratch; the backbone comes from the pre-training folder or Hub id. Shapes is the
 default data; other data goes through the readers of `vl_models.data` (docs/training.md lists the flags).
@@ -20,7 +23,6 @@ import torch
 from accelerate.utils import set_seed
 from transformers import AutoConfig, AutoProcessor
 
-import vl_models
 from vl_models.data.collators import accepts
 from vl_models.training import (
     FINETUNE_DEFAULTS,
@@ -51,6 +53,7 @@ from vl_models.training import (
     schedule,
     setup_logging,
     step_generator,
+    task_class,
     task_collator,
     train_updates,
     user_errors,
@@ -81,18 +84,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_model(args, answers):
-    """The task class of the checkpoint's method; VQA gets the answer vocabulary of the data as labels."""
-    check_model_folder(args.model_name_or_path)
-    config = AutoConfig.from_pretrained(args.model_name_or_path)
-    task_class = vl_models.get_method(config.model_type).task_classes[args.task]
+def checkpoint_class(args) -> type:
+    """The task class of the checkpoint's method, from its config alone: a method without a head for the task is
+    refused before any data is read."""
+    with user_errors(f"--model_name_or_path {args.model_name_or_path}", OSError):
+        check_model_folder(args.model_name_or_path)
+        config = AutoConfig.from_pretrained(args.model_name_or_path)
+        return task_class(config.model_type, args.task, args.model_name_or_path)
+
+
+def load_model(args, model_class, labels):
+    """`model_class` from the checkpoint; `labels` (VQA: the answer vocabulary of the data, segmentation: its
+    classes) become the head's labels."""
     kwargs = {"attn_implementation": args.attn_implementation}
-    if args.task == "vqa":
-        kwargs["id2label"] = dict(enumerate(answers))
-        kwargs["label2id"] = {a: i for i, a in enumerate(answers)}
-    model, info = load_quietly(task_class.from_pretrained, args.model_name_or_path, **kwargs)
+    if labels is not None:
+        kwargs["id2label"] = dict(enumerate(labels))
+        kwargs["label2id"] = {a: i for i, a in enumerate(labels)}
+    model, info = load_quietly(model_class.from_pretrained, args.model_name_or_path, **kwargs)
     logger.info("loaded %s from %s: %d new task-head tensors, %d pre-training-only tensors left out",
-                task_class.__name__, args.model_name_or_path, len(info["missing_keys"]), len(info["unexpected_keys"]))
+                model_class.__name__, args.model_name_or_path, len(info["missing_keys"]), len(info["unexpected_keys"]))
     return model, AutoProcessor.from_pretrained(args.model_name_or_path)
 
 
@@ -101,19 +111,21 @@ def main(argv=None) -> dict:
     accelerator = make_accelerator(args, args.output_dir / "logs")
     setup_logging(accelerator)
     set_seed(args.seed)
+    model_class = checkpoint_class(args)
     data, info = load_task_data(args.task, args.data, splits=("train", "validation"), seed=args.seed,
                                 **data_kwargs(args))
     with user_errors(f"--model_name_or_path {args.model_name_or_path}", OSError):
-        model, processor = load_model(args, info.get("answers"))
-    num_labels = model.config.num_labels if args.task == "vqa" else None
-    collator = task_collator(args.task, processor, num_labels=num_labels, train=True, seed=args.seed)
+        model, processor = load_model(args, model_class, info.get("answers", info.get("labels")))
+    num_labels = model.config.num_labels if args.task in ("vqa", "segmentation") else None
+    reduce_labels = info.get("reduce_labels", False)  # ADE20K's "other" (0) ignored
+    collator = task_collator(args.task, processor, num_labels=num_labels, train=True, seed=args.seed,
+                             reduce_labels=reduce_labels)
     train_dl = make_dataloader(data["train"], collator, args.per_device_train_batch_size, seed=args.seed,
                                drop_last=True, num_workers=args.num_workers)
     eval_dl = eval_dataloader(args.task, data["validation"], processor, args.per_device_eval_batch_size,
-                              num_labels=num_labels) if args.task != "retrieval" else None
+                              num_labels=num_labels, reduce_labels=reduce_labels) if args.task != "retrieval" else None
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
-    model_class = type(model)
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay,
                                 head_learning_rate=args.head_learning_rate)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
@@ -160,7 +172,7 @@ def main(argv=None) -> dict:
     step, metrics = train_updates(accelerator, args, model=model, train_dl=train_dl, collator=collator,
                                   optimizer=optimizer, scheduler=scheduler, step=step, total=total,
                                   per_epoch=per_epoch, checkpoint_dir=checkpoint_dir, evaluate=evaluate,
-                                  forward=forward, rows=lambda batch: batch["input_ids"].shape[0], desc=args.task,
+                                  forward=forward, rows=lambda batch: batch["pixel_values"].shape[0], desc=args.task,
                                   resumed=resumed)
     save_final(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process:

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..layers.masking import block_masking, mask_text, num_kept, random_masking
+from .readers_segmentation import IGNORE_INDEX, segmentation_labels
 
 logger = logging.getLogger(__name__)
 
@@ -366,8 +367,35 @@ class Nlvr2Collator(_Collator):
         return batch
 
 
+class SegmentationCollator(_Collator):
+    """Segmentation rows (`image`, `annotation` of class indices) -> `pixel_values` + `labels` [B, H, W] at the
+    processor's image size (resized nearest: classes must not blend; 255 is ignored by the loss and the metric).
+    `reduce_labels` (ADE20K): 0 ("other") becomes 255 and class k becomes k - 1, as BEiT's processor does.
+    `num_labels`: a label outside [0, num_labels) that is not ignored raises ValueError naming the row."""
+
+    image_keys = ("image", "annotation")
+
+    def __init__(self, processor, *, reduce_labels: bool = False, num_labels: int | None = None):
+        super().__init__(processor)
+        self.reduce_labels, self.num_labels = reduce_labels, num_labels
+
+    def __call__(self, rows: list[dict]) -> dict:
+        rows, images = self._readable(rows)
+        pixels = self.processor(images=[pair[0] for pair in images], return_tensors="pt")["pixel_values"]
+        labels = segmentation_labels([pair[1] for pair in images], size=tuple(pixels.shape[-2:]),
+                                     reduce_labels=self.reduce_labels)  # [B, H, W]
+        if self.num_labels is not None:
+            wrong = ((labels >= self.num_labels) & (labels != IGNORE_INDEX)).flatten(1).any(1)
+            if wrong.any():
+                i = int(wrong.nonzero()[0])
+                found = sorted(set(labels[i][labels[i] >= self.num_labels].tolist()) - {IGNORE_INDEX})
+                raise ValueError(f"row {rows[i].get(INDEX_KEY, i)}: annotation classes {found[:10]} are outside the "
+                                 f"model's {self.num_labels} labels (reduce_labels={self.reduce_labels})")
+        return {"pixel_values": pixels, "labels": labels}
+
+
 TASK_COLLATORS = {"retrieval": RetrievalCollator, "vqa": VqaCollator, "grounding": GroundingCollator,
-                  "nlvr2": Nlvr2Collator}
+                  "nlvr2": Nlvr2Collator, "segmentation": SegmentationCollator}
 
 __all__ = [
     "INDEX_KEY",
@@ -376,6 +404,7 @@ __all__ = [
     "Nlvr2Collator",
     "PreTrainingCollator",
     "RetrievalCollator",
+    "SegmentationCollator",
     "VqaCollator",
     "WithIndex",
     "accepts",

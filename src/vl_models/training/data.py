@@ -15,10 +15,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from PIL import Image
 
 from ..data import (
+    SEGMENTATION_CLASSES,
     build_shapes,
     filter_readable_images,
     read_image_folder,
@@ -26,18 +29,22 @@ from ..data import (
     read_nlvr2,
     read_parquet,
     read_refcoco,
+    read_segmentation_folder,
     read_vqav2,
     select_task,
 )
 from ..data.collators import WithIndex
+from ..data.readers_segmentation import IGNORE_INDEX
 from .guard import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 
 SHAPES_TASK = {"captions": "captions", "retrieval": "captions", "vqa": "vqa", "grounding": "grounding",
-               "nlvr2": "nlvr2"}
+               "nlvr2": "nlvr2", "segmentation": "segmentation"}
 KARPATHY_SPLITS = {"train": ("train", "restval"), "validation": ("val",), "test": ("test",)}
 REFCOCO_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+ADE20K_SPLITS = {"train": "training", "validation": "validation", "test": "testing"}
+ADE20K_CLASS_FILE = "objectInfo150.txt"  # ADEChallengeData2016's class list: Idx Ratio Train Val Name
 
 
 class UserError(Exception):
@@ -170,6 +177,9 @@ def load_task_data(task: str, data: str, *, splits=("train", "validation"), imag
       unless `answer_vocab` (e.g. a fine-tuned model's labels) is given.
     - grounding: `data` = RefCOCO refs (JSON or pickle) with `instances_file`; splits train / val / test.
     - nlvr2: `data` = the train JSON lines, `validation_data` = dev (or test) JSON lines.
+    - segmentation: `data` = a folder in ADE20K's layout (`read_segmentation_folder`; splits training /
+      validation / testing), read as ADE20K (`info["reduce_labels"]`: 0 is ignored, class k is label k - 1);
+      with a train split, `info["labels"]` names the classes (Shapes: `SEGMENTATION_CLASSES`).
     """
     if task not in SHAPES_TASK:
         raise UserError(f"--task must be one of {sorted(SHAPES_TASK)}, got {task!r}")
@@ -190,6 +200,8 @@ def load_task_data(task: str, data: str, *, splits=("train", "validation"), imag
                 raise ValueError("grounding data needs --instances_file (COCO instances.json) beside the refs")
             out = {s: read_refcoco(data, instances_file, image_dir or Path(data).parent, split=REFCOCO_SPLITS[s],
                                    check_images=False) for s in splits}
+        elif task == "segmentation":
+            out = {s: read_segmentation_folder(data, ADE20K_SPLITS[s]) for s in splits}
         else:
             if validation_data is None and set(splits) - {"train"}:
                 raise ValueError("the validation/test split of NLVR2 needs --validation_data (dev or test JSON lines)")
@@ -203,7 +215,28 @@ def load_task_data(task: str, data: str, *, splits=("train", "validation"), imag
     info = {"source": data, "task": task, "skipped_images": skipped, "sizes": {s: len(d) for s, d in out.items()}}
     if task == "vqa":
         info["answers"] = next(iter(out.values())).features["labels"].feature.names
+    if task == "segmentation":
+        info["reduce_labels"] = data != "shapes"
+        if "train" in out:  # the classes a new head is sized from (evaluation takes the model's)
+            info["labels"] = list(SEGMENTATION_CLASSES) if data == "shapes" else _segmentation_classes(Path(data), out)
     return datasets.DatasetDict(out), info
+
+
+def _segmentation_classes(root: Path, splits: dict[str, datasets.Dataset]) -> list[str]:
+    """ADE20K-layout class names: `objectInfo150.txt`'s first name per class when the folder has it, else
+    "class_<k>" up to the largest annotation value of the splits read (after reduce_labels: k - 1)."""
+    listed = root / ADE20K_CLASS_FILE
+    if listed.is_file():
+        rows = [line.split(None, 4) for line in listed.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+        return [row[-1].split(";")[0].split(",")[0].strip() for row in rows]  # "building;edifice" -> "building"
+    found = 0
+    for ds in splits.values():
+        for annotation in ds.cast_column("annotation", datasets.Image(decode=False))["annotation"]:
+            with Image.open(annotation["path"]) as mask:
+                values = np.asarray(mask)
+                found = max(found, int(values[values != IGNORE_INDEX].max(initial=0)))
+    logger.info("%s has no %s: %d classes from the largest annotation value", root, ADE20K_CLASS_FILE, found)
+    return [f"class_{k}" for k in range(1, found + 1)]
 
 
 def _vqa_files(data, splits, image_dir, annotations_file, validation_data, validation_annotations_file,
@@ -228,7 +261,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--data", default="shapes",
                    help="'shapes', or the task's train file: captions .json/folder/.parquet (retrieval), VQAv2 "
-                        "questions .json (vqa), RefCOCO refs (grounding), NLVR2 .json lines (nlvr2)")
+                        "questions .json (vqa), RefCOCO refs (grounding), NLVR2 .json lines (nlvr2), a folder in "
+                        "ADE20K's layout, e.g. ADEChallengeData2016 (segmentation)")
     g.add_argument("--image_dir", default=None, help="image root of the data files (default: the file's folder)")
     g.add_argument("--annotations_file", default=None, help="vqa: the VQAv2 annotations .json of --data")
     g.add_argument("--instances_file", default=None, help="grounding: COCO instances.json for the RefCOCO refs")

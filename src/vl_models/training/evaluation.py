@@ -1,4 +1,4 @@
-"""Evaluation used by the scripts: zero-shot and fine-tuned retrieval, VQA, grounding, NLVR2.
+"""Evaluation used by the scripts: zero-shot and fine-tuned retrieval, VQA, grounding, NLVR2, semantic segmentation.
 
 Metrics come from `vl_models.metrics.functional` (plain numpy: no `evaluate` import, which would also be
 shadowed by examples/evaluate.py when a script runs from that folder).
@@ -6,17 +6,44 @@ shadowed by examples/evaluate.py when a script runs from that folder).
 
 from __future__ import annotations
 
+import math
+
 import datasets
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data.collators import TASK_COLLATORS, load_image
-from ..metrics.functional import grounding_accuracy, nlvr2_accuracy, retrieval_recall
-from .data import make_dataloader
+from ..metrics.functional import grounding_accuracy, mean_iou, nlvr2_accuracy, retrieval_recall
+from ..models.vl_beit import VlBeitForSemanticSegmentation
+from ..registry import get_method, list_methods
+from .data import UserError, make_dataloader
 
 # the number that each task's table reports first
-PRIMARY_METRIC = {"retrieval": "text_to_image_r1", "vqa": "accuracy", "grounding": "accuracy", "nlvr2": "accuracy"}
+PRIMARY_METRIC = {"retrieval": "text_to_image_r1", "vqa": "accuracy", "grounding": "accuracy", "nlvr2": "accuracy",
+                  "segmentation": "mean_iou"}
 TASKS = tuple(PRIMARY_METRIC)  # the downstream tasks finetune.py and evaluate.py take
+# vision-only tasks, outside `Method.task_classes` (the image-text tasks the pipelines, cards and shared tests loop
+# over): method -> class, for the methods that have a head for them
+VISION_TASK_CLASSES = {"segmentation": {"vl_beit": VlBeitForSemanticSegmentation}}
+
+
+def task_classes(model_type: str) -> dict[str, type]:
+    """task -> model class for a method: its `Method.task_classes` plus the vision tasks it has a head for."""
+    classes = dict(get_method(model_type).task_classes)
+    classes.update({task: by_method[model_type] for task, by_method in VISION_TASK_CLASSES.items()
+                    if model_type in by_method})
+    return classes
+
+
+def task_class(model_type: str, task: str, where: str) -> type:
+    """The model class of `task` for a checkpoint of `model_type`; a `UserError` naming the methods that have one
+    when this method has not (`where`: the checkpoint, for the message)."""
+    classes = task_classes(model_type)
+    if task not in classes:
+        able = [m for m in list_methods() if task in task_classes(m)]
+        raise UserError(f"--task {task} needs a checkpoint of {' or '.join(able)}; {where} is {model_type}")
+    return classes[task]
 
 
 def retrieval_inputs(ds: datasets.Dataset, processor, max_images: int | None = None) -> dict:
@@ -83,31 +110,53 @@ def evaluate_retrieval(model, processor, ds: datasets.Dataset, device, *, k: int
     return result
 
 
-def task_collator(task: str, processor, *, num_labels: int | None = None, train: bool = True, seed: int = 0):
+def task_collator(task: str, processor, *, num_labels: int | None = None, train: bool = True, seed: int = 0,
+                  reduce_labels: bool = False):
     if task == "vqa":
         return TASK_COLLATORS[task](processor, num_labels)
+    if task == "segmentation":
+        return TASK_COLLATORS[task](processor, reduce_labels=reduce_labels, num_labels=num_labels)
     if task == "retrieval":
         return TASK_COLLATORS[task](processor, random_caption=train, seed=seed)
     return TASK_COLLATORS[task](processor)
 
 
+def _prediction(task: str, out, labels: torch.Tensor) -> torch.Tensor:
+    if task == "grounding":
+        return out.pred_boxes
+    if task == "segmentation":  # [B, H, W] class maps at the labels' size (the processor's), as the loss scores them
+        return F.interpolate(out.logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False).argmax(1)
+    return out.logits.argmax(-1)
+
+
+def segmentation_metrics(pred: torch.Tensor, ref: torch.Tensor, id2label: dict) -> dict:
+    """mean IoU, pixel accuracy and `iou_<class>` per class (the `mean_iou` metric: 255 ignored; a class absent from
+    both predictions and references has no IoU and no key) from class maps [N, H, W]."""
+    scores = mean_iou(list(pred.numpy()), list(ref.numpy()), num_labels=len(id2label))
+    metrics = {"mean_iou": scores["mean_iou"], "pixel_accuracy": scores["overall_accuracy"]}
+    metrics.update({f"iou_{id2label[i]}": iou for i, iou in enumerate(scores["per_category_iou"]) if not math.isnan(iou)})
+    return metrics
+
+
 @torch.no_grad()
 def evaluate_classification(task: str, model, dataloader, accelerator) -> dict:
-    """VQA (soft-score accuracy), grounding (IoU >= 0.5 accuracy, mean IoU) or NLVR2 (accuracy) over a
-    prepared data loader; predictions are gathered from every process."""
+    """VQA (soft-score accuracy), grounding (IoU >= 0.5 accuracy, mean IoU), NLVR2 (accuracy) or segmentation
+    (`segmentation_metrics`) over a prepared data loader; predictions are gathered from every process."""
     model.eval()
     predictions, references = [], []
+    dtype = torch.int16 if task == "segmentation" else torch.float32  # class maps: 2 bytes a pixel, 255 included
     for batch in dataloader:
         labels = batch.pop("labels")
-        out = model(**batch)
-        prediction = out.pred_boxes if task == "grounding" else out.logits.argmax(-1)
+        prediction = _prediction(task, model(**batch), labels)
         prediction, labels = accelerator.gather_for_metrics((prediction, labels))
-        predictions.append(prediction.float().cpu())
-        references.append(labels.float().cpu())
+        predictions.append(prediction.to(dtype).cpu())
+        references.append(labels.to(dtype).cpu())
     model.train()
     if not predictions:
         return {}
     pred, ref = torch.cat(predictions), torch.cat(references)
+    if task == "segmentation":
+        return segmentation_metrics(pred, ref, accelerator.unwrap_model(model).config.id2label)
     if task == "vqa":  # the soft score of the predicted answer (VQA accuracy with the dataset's scores)
         return {"accuracy": float(ref[torch.arange(len(pred)), pred.long()].mean())}
     if task == "grounding":
@@ -126,9 +175,9 @@ def majority_baseline(task: str, ds: datasets.Dataset) -> float | None:
     return None
 
 
-def eval_dataloader(task, ds, processor, batch_size, *, num_labels=None):
-    return make_dataloader(ds, task_collator(task, processor, num_labels=num_labels, train=False), batch_size,
-                           shuffle=False)
+def eval_dataloader(task, ds, processor, batch_size, *, num_labels=None, reduce_labels=False):
+    return make_dataloader(ds, task_collator(task, processor, num_labels=num_labels, train=False,
+                                             reduce_labels=reduce_labels), batch_size, shuffle=False)
 
 
 __all__ = [
@@ -140,6 +189,9 @@ __all__ = [
     "majority_baseline",
     "recall",
     "retrieval_inputs",
+    "segmentation_metrics",
+    "task_class",
+    "task_classes",
     "task_collator",
     "zero_shot_retrieval",
 ]
