@@ -528,10 +528,35 @@ def test_card_pipeline_tag_widget_and_usage_follow_the_head(method, task):
             assert widget["text"].endswith("?")
         else:
             assert "candidate_labels" in widget
-    loader = "AutoModelForVisualQuestionAnswering" if task == "vqa" else f"vl_models.{head_class.__name__}"
+    loader = {"vqa": "AutoModelForVisualQuestionAnswering", "retrieval": "AutoModelForZeroShotImageClassification",
+              "grounding": "AutoModelForZeroShotObjectDetection"}.get(task, f"vl_models.{head_class.__name__}")
     assert f'{loader}.from_pretrained("org/{method}-{task}")' in card.text
+    if task in ("retrieval", "grounding"):  # transformers' own pipeline of the card's tag serves the head
+        assert f'pipeline("{PIPELINE_TAGS[task]}", model="org/{method}-{task}")' in card.text
     assert card.data.tags == ["vl_models", "custom_code", method]
     assert card.data.get("model-index") is None and "No evaluation results were given." in card.text
+
+
+@pytest.mark.parametrize("method", vl_models.list_methods())
+def test_card_pipeline_tag_is_served_by_transformers_pipeline_of_that_name(method):
+    """Every head whose card's `pipeline_tag` names a transformers pipeline is what that pipeline loads: its Auto
+    class maps the method's config to the head in-process (`import vl_models`) and in the remote code's auto_map."""
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    spec = vl_models.get_method(method)
+    classes = {"pretraining": spec.pretraining_class, "base": spec.model_class, **spec.task_classes}
+    served = set()
+    for task, cls in classes.items():
+        tag = PIPELINE_TAGS[task]
+        if tag not in SUPPORTED_TASKS:  # "other" (NLVR2), "visual-question-answering" (removed in transformers 5)
+            continue
+        auto = SUPPORTED_TASKS[tag]["pt"][0]
+        loaded = auto._model_mapping[spec.config_class]
+        expected = spec.model_class if task in ("pretraining", "base") else cls  # image features: the backbone
+        assert loaded is expected, (task, tag, auto.__name__, loaded)
+        assert auto_map(method)[auto.__name__] == f"{expected.__module__.rsplit('.', 1)[-1]}.{expected.__name__}"
+        served.add(tag)
+    assert {"zero-shot-image-classification", "zero-shot-object-detection", "image-feature-extraction"} <= served
 
 
 def test_validate_card_lists_every_problem():

@@ -37,8 +37,7 @@ from vl_models.hub.cards import EXAMPLE_IMAGE
 TOKEN = "test-token"
 HEADS = ("pretraining", "base", "retrieval", "vqa", "grounding", "nlvr2")
 PIPELINE_OF = {"zero-shot-image-classification": "vl-zero-shot-image-classification",
-               "visual-question-answering": "vl-visual-question-answering",
-               "zero-shot-object-detection": "vl-visual-grounding"}
+               "visual-question-answering": "vl-visual-question-answering"}
 
 CLIENT = r'''
 import json, sys
@@ -141,12 +140,13 @@ def _reference(folder, payload: dict, image: PIL.Image.Image):
         with torch.no_grad():
             return model.base_model(pixel_values=processor(images=image, return_tensors="pt")["pixel_values"]
                                     ).image_embeds.tolist()
+    if tag == "zero-shot-object-detection":  # transformers' own pipeline of the card's tag, its output schema
+        labels = [label.strip() for label in parameters["candidate_labels"].split(",")]
+        extra = {k: v for k, v in parameters.items() if k != "candidate_labels"}
+        return pipeline(tag, model=folder)(image, candidate_labels=labels, **extra)
     pipe = pipeline(PIPELINE_OF[tag], model=folder)
     if tag == "visual-question-answering":
         return pipe(image, inputs["question"])
-    if tag == "zero-shot-object-detection":
-        labels = [label.strip() for label in parameters["candidate_labels"].split(",")]
-        return [pipe(image, label) for label in labels]
     return pipe(image, candidate_labels=parameters["candidate_labels"])
 
 
@@ -173,6 +173,10 @@ def _cases(folders, image_base):
             cases[f"{head}:{name}"] = {"folder": folder, "payload": payload}
     masked = {"inputs": {"image": f"{image_base}/val2017/000000039769.jpg", "text": "two [MASK] on a couch"}}
     cases["pretraining:fill-mask"] = {"folder": folders["pretraining"], "payload": masked}
+    # the tiny head's scores are below transformers' default threshold (0.1): threshold 0 returns every label's box
+    every_box = {"inputs": f"{image_base}/val2017/000000039769.jpg",
+                 "parameters": {"candidate_labels": "two cats on a couch, a dog in the snow", "threshold": 0.0}}
+    cases["grounding:threshold"] = {"folder": folders["grounding"], "payload": every_box}
     bad_url = f"http://127.0.0.1:{_closed_port()}/cats.jpg"
     image = f"{image_base}/val2017/000000039769.jpg"
     for name, folder, payload in (
@@ -226,6 +230,12 @@ def _check(results, cases, expected):
         else:
             assert "ok" in result, (name, result)
             _assert_close(result["ok"], expected[name], name)
+    # the grounding widget's answer in zero-shot-object-detection's schema, one box per label above the threshold
+    boxes = results["grounding:threshold"]["ok"]
+    assert sorted(b["label"] for b in boxes) == ["a dog in the snow", "two cats on a couch"]
+    assert all(b.keys() == {"score", "label", "box"} and b["box"].keys() == {"xmin", "ymin", "xmax", "ymax"}
+               for b in boxes), boxes
+    assert [b["score"] for b in boxes] == sorted((b["score"] for b in boxes), reverse=True)
 
 
 def test_every_pushed_repo_has_a_handler_and_requirements(repos):

@@ -20,6 +20,7 @@ import PIL.Image
 import pytest
 import torch
 from huggingface_hub import constants
+from transformers import pipeline
 from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
 import vl_models
@@ -31,7 +32,12 @@ from vl_models.models.vl_beit import tokenizer_config
 
 TOKEN = "test-token"
 LOADERS = {"pretraining": "AutoModelForPreTraining", "base": "AutoModel", "vqa": "AutoModelForVisualQuestionAnswering",
+           "retrieval": "AutoModelForZeroShotImageClassification", "grounding": "AutoModelForZeroShotObjectDetection",
            "companion": "AutoModel"}
+# transformers' own pipelines of the cards' tags, run from the repo (threshold 0: every label's box)
+PIPELINES = {"retrieval": ("zero-shot-image-classification", {}), "grounding": ("zero-shot-object-detection",
+                                                                               {"threshold": 0.0})}
+LABELS = ["two cats on a couch", "a dog in the snow", "a red circle"]
 # what a transformers user has: the remote code must import nothing else
 ALLOWED = {"torch", "transformers", "huggingface_hub", "tokenizers", "numpy", "PIL"}
 
@@ -78,6 +84,11 @@ for job in jobs:
         processor = transformers.AutoProcessor.from_pretrained(job["repo"], trust_remote_code=True)
         results[job["name"] + ":processor"] = dict(processor(images=Image.open(shared / "image.png"),
                                                              text=["two cats on a couch"]))
+    if job.get("pipeline"):
+        task, kwargs = job["pipeline"]
+        pipe = transformers.pipeline(task, model=job["repo"], trust_remote_code=True)
+        results[job["name"] + ":pipeline"] = pipe(Image.open(shared / "image.png"), candidate_labels=job["labels"],
+                                                  **kwargs)
     if job.get("resave"):  # save_pretrained of remote code copies the files it was loaded from
         model.save_pretrained(out / "resaved")
         again = getattr(transformers, loader).from_pretrained(out / "resaved", trust_remote_code=True)
@@ -102,7 +113,7 @@ def _models(method: str):
     for task, cls in classes.items():
         torch.manual_seed(0)
         yield f"{method}-{task}", task, cls(config), vl_models.build_processor(method, "tiny") \
-            if task == "pretraining" else None
+            if task in ("pretraining", *PIPELINES) else None
     for companion in spec.companions:
         torch.manual_seed(0)
         yield f"{method}-companion", "companion", companion(tokenizer_config("tiny")), None
@@ -130,7 +141,7 @@ def pushed(tmp_path_factory):
                     job = {"name": name, "repo": repo, "inputs": f"{method}-{key}",
                            "loader": LOADERS.get(task) or _reference(type(model)),
                            "generator": task == "pretraining", "processor": processor is not None,
-                           "resave": name == "vlmae-pretraining"}
+                           "resave": name == "vlmae-pretraining", "pipeline": PIPELINES.get(task), "labels": LABELS}
                     jobs.append(job)
                     with torch.no_grad():
                         kwargs = dict(inputs[job["inputs"]])
@@ -141,6 +152,12 @@ def pushed(tmp_path_factory):
                     if processor is not None:
                         ref[f"{name}:processor"] = dict(processor(images=PIL.Image.open(shared / "image.png"),
                                                                   text=["two cats on a couch"]))
+                    if task in PIPELINES:  # the same transformers pipeline on the pushed model, vl_models imported
+                        tag, kwargs = PIPELINES[task]
+                        pipe = pipeline(tag, model=model, tokenizer=processor.tokenizer,
+                                        image_processor=processor.image_processor)
+                        ref[f"{name}:pipeline"] = pipe(PIL.Image.open(shared / "image.png"), candidate_labels=LABELS,
+                                                       **kwargs)
     finally:
         torch.set_num_threads(threads)
     (shared / "jobs.json").write_text(json.dumps(jobs))
@@ -160,6 +177,19 @@ def _client(server, shared, out):
     return torch.load(out / "results.pt"), json.loads((out / "report.json").read_text())
 
 
+def _assert_same_answers(got: list[dict], expected: list[dict], name: str) -> None:
+    """One answer per label, the same scores within float rounding (the tiny models score some labels within 1e-7
+    of each other, so their order may differ) and the same boxes within a pixel (truncated to whole pixels)."""
+    assert len(got) == len(expected) == len(LABELS), (name, got)
+    by_label = {answer["label"]: answer for answer in expected}
+    for answer in got:
+        want = by_label[answer["label"]]
+        assert answer.keys() == want.keys() and answer["score"] == pytest.approx(want["score"], abs=1e-6), name
+        if "box" in want:
+            assert answer["box"].keys() == want["box"].keys(), name
+            assert all(abs(answer["box"][k] - want["box"][k]) <= 1 for k in want["box"]), (name, answer, want)
+
+
 @pytest.mark.slow
 def test_every_model_and_processor_runs_from_the_repo_without_vl_models(pushed, tmp_path):
     server, shared, ref = pushed
@@ -171,6 +201,9 @@ def test_every_model_and_processor_runs_from_the_repo_without_vl_models(pushed, 
         assert loaded.startswith("transformers_modules.org.") and "vl_models." not in loaded, loaded
     for name, expected in ref.items():
         got = results[name]
+        if name.endswith(":pipeline"):  # transformers' pipeline of the card's tag, from the repo's code
+            _assert_same_answers(got, expected, name)
+            continue
         assert got.keys() == expected.keys(), name
         for key in expected:
             assert torch.equal(got[key], expected[key]), (name, key)

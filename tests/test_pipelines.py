@@ -130,6 +130,66 @@ def test_zero_shot_equals_itc_softmax(method, head, checkpoints, image):
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_transformers_zero_shot_image_classification_serves_retrieval_heads(method, checkpoints, image):
+    """The retrieval card's `pipeline_tag`: transformers' own pipeline loads the head from the folder
+    (AutoModelForZeroShotImageClassification, the tokenizer, the image processor) and ranks as ours does."""
+    folder = checkpoints[method]["retrieval"]
+    theirs = pipeline("zero-shot-image-classification", model=folder, device="cpu")
+    assert type(theirs.model) is vl_models.get_method(method).task_classes["retrieval"]
+    ours = make(ZERO_SHOT, folder)
+    labels = ["red circle", "blue square", "two crosses", "a green triangle"]
+    images = [image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    expected = [ours(i, candidate_labels=labels, hypothesis_template="a photo of {}.") for i in images]
+    for batch_size in (1, 2):  # 2: two images against four labels in one forward (M != N)
+        got = theirs(images, candidate_labels=labels, hypothesis_template="a photo of {}.", batch_size=batch_size)
+        for result, want in zip(got, expected, strict=True):
+            assert [r["label"] for r in result] == [r["label"] for r in want]
+            assert [r["score"] for r in result] == pytest.approx([r["score"] for r in want], abs=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_retrieval_forward_scores_m_images_against_n_texts(method, checkpoints, image):
+    """CLIP-style scoring (what transformers' pipeline calls): M images x N texts -> logits_per_image [M, N], the
+    same numbers as the pair forward's ITC matrix; the loss still needs pairs."""
+    folder = checkpoints[method]["retrieval"]
+    model = loaded(folder)[0]
+    pixels = inputs(folder, [image, image.rotate(90)]).pixel_values  # [2, 3, S, S]
+    text = inputs(folder, text=["a red circle", "two blue squares", "a cross"])
+    with torch.no_grad():
+        out = model(pixel_values=pixels, **text)
+        pairs = model(pixel_values=torch.cat([pixels, pixels[:1]]), **text).logits_per_image  # [3, 3]
+    assert out.logits_per_image.shape == (2, 3) and out.itm_logits is None
+    torch.testing.assert_close(out.logits_per_image, pairs[:2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.logits_per_text, out.logits_per_image.t())
+    with pytest.raises(ValueError, match="the retrieval loss needs pairs"):
+        model(pixel_values=pixels, **text, return_loss=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_transformers_zero_shot_object_detection_serves_grounding_heads(method, checkpoints, image):
+    """The grounding card's `pipeline_tag`: transformers' pipeline gives its schema, one box per label (the head's),
+    the box and score of our grounding pipeline; `threshold` (default 0.1) drops the less confident ones."""
+    folder = checkpoints[method]["grounding"]
+    theirs = pipeline("zero-shot-object-detection", model=folder, device="cpu")
+    assert type(theirs.model) is vl_models.get_method(method).task_classes["grounding"]
+    ours = make(GROUNDING, folder)
+    labels = ["the red circle", "two blue squares", "a cross"]
+    expected = {label: ours(image, label) for label in labels}
+    got = theirs(image, candidate_labels=labels, threshold=0.0)
+    assert sorted(r["label"] for r in got) == sorted(labels)
+    assert [r["score"] for r in got] == sorted((r["score"] for r in got), reverse=True)
+    for r in got:
+        want = expected[r["label"]]
+        assert r["score"] == pytest.approx(want["score"], abs=1e-6)
+        assert list(r["box"].values()) == [int(v) for v in torch.tensor(want["box"]).tolist()]
+        assert list(r["box"]) == ["xmin", "ymin", "xmax", "ymax"]
+    threshold = sorted(r["score"] for r in got)[1]  # keeps the labels scored above it
+    kept = theirs(image, candidate_labels=labels, threshold=threshold)
+    assert [r["label"] for r in kept] == [r["label"] for r in got if r["score"] > threshold]
+    assert theirs(image, candidate_labels=labels, threshold=0.0, top_k=1) == got[:1]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("head", ["pretraining", "retrieval"])
 def test_matching_equals_itm_and_itc(method, head, checkpoints, image):
     folder = checkpoints[method][head]

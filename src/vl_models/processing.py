@@ -330,6 +330,33 @@ class VlImageProcessor(PilBackend):
             )
         return BatchFeature(data={"pixel_values": pixel_values}, tensor_type=return_tensors)
 
+    def post_process_object_detection(self, outputs, threshold: float = 0.1, target_sizes=None) -> list[dict]:
+        """A grounding head's output as transformers' (zero-shot-)object-detection pipelines read detections: per
+        (image, text) item `{"scores" [K], "labels" [K] (zeros: the item's text), "boxes" [K, 4] (x0, y0, x1, y1)}`,
+        K = 1 if the head's score (`outputs.scores`, the chosen patch's probability) is above `threshold`, else 0.
+        `target_sizes` [B, 2] (height, width): boxes in those pixels, clipped to the image; None: normalised."""
+        boxes, scores = outputs["pred_boxes"], outputs["scores"]  # [B, 4] normalised (cx, cy, w, h), [B]
+        if target_sizes is not None and len(target_sizes) != len(boxes):
+            raise ValueError(f"`target_sizes` must have one (height, width) per item, got {len(target_sizes)} "
+                             f"for {len(boxes)} boxes")
+        results = []
+        for i, (box, score) in enumerate(zip(boxes, scores)):
+            height, width = (1, 1) if target_sizes is None else (int(v) for v in target_sizes[i])
+            keep = bool(score > threshold)
+            xyxy = torch.tensor([cxcywh_to_xyxy(box, width, height)] if keep else [], dtype=torch.float32)
+            results.append({"scores": score.reshape(1)[:int(keep)].float(), "labels": torch.zeros(int(keep),
+                            dtype=torch.long), "boxes": xyxy.reshape(-1, 4)})
+        return results
+
+
+def cxcywh_to_xyxy(box, width: int, height: int) -> list[float]:
+    """Normalised (cx, cy, w, h) -> [x0, y0, x1, y1] in pixels, clipped to the image. The processor resizes the
+    whole image to a square (no crop, no padding), so normalised coordinates map straight back."""
+    cx, cy, w, h = (float(v) for v in box)
+    x0, x1 = (cx - w / 2) * width, (cx + w / 2) * width
+    y0, y1 = (cy - h / 2) * height, (cy + h / 2) * height
+    return [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+
 
 def _check_texts(name: str, texts) -> list[str]:
     if isinstance(texts, str):

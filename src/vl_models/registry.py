@@ -9,6 +9,8 @@ from transformers import (
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForVisualQuestionAnswering,
+    AutoModelForZeroShotImageClassification,
+    AutoModelForZeroShotObjectDetection,
 )
 
 from .configuration_utils import check_field_names
@@ -47,6 +49,12 @@ def register_method(method: Method) -> Method:
     AutoModelForPreTraining.register(method.config_class, method.pretraining_class, exist_ok=True)
     if "vqa" in method.task_classes:
         AutoModelForVisualQuestionAnswering.register(method.config_class, method.task_classes["vqa"], exist_ok=True)
+    if "retrieval" in method.task_classes:  # transformers' zero-shot-image-classification pipeline loads with it
+        AutoModelForZeroShotImageClassification.register(method.config_class, method.task_classes["retrieval"],
+                                                         exist_ok=True)
+    if "grounding" in method.task_classes:  # and zero-shot-object-detection with this, one box per label
+        AutoModelForZeroShotObjectDetection.register(method.config_class, method.task_classes["grounding"],
+                                                     exist_ok=True)
     register_processing_classes(method.config_class, method.processor_class)
     for companion in method.companions:
         AutoConfig.register(companion.config_class.model_type, companion.config_class, exist_ok=True)

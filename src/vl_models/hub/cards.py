@@ -166,10 +166,8 @@ def _usage(spec, task: str, repo_id: str, remote_code: bool) -> str:
         return _companion_usage(spec, repo_id, remote_code)
     if task in ("pretraining", "base"):
         head, note = "AutoModel", "  # encoders + fusion; AutoModelForPreTraining adds the pre-training heads"
-    elif task == "vqa":
-        head, note = "AutoModelForVisualQuestionAnswering", ""
-    else:
-        head, note = None, ""
+    else:  # the Auto class `import vl_models` registers the head with (None: the head's own class)
+        head, note = _AUTO_CLASSES.get(task), ""
     load = f'{head}.from_pretrained("{repo_id}")' if head else \
         f'vl_models.{spec.task_classes[task].__name__}.from_pretrained("{repo_id}")'
     imports = ", ".join(sorted({head or "AutoModel", "AutoModel", "AutoProcessor"}))
@@ -182,8 +180,25 @@ processor = AutoProcessor.from_pretrained("{repo_id}")
 model = {load}{note}
 inputs = processor(images=Image.open("cats.jpg"), text="two cats on a couch")
 outputs = model(**inputs)
-```""" + (_REMOTE_CODE.format(repo_id=repo_id) if remote_code else "") \
+```""" + (_PIPELINE.format(tag=PIPELINE_TAGS[task], repo_id=repo_id) if task in ("retrieval", "grounding") else "") \
+        + (_REMOTE_CODE.format(repo_id=repo_id) if remote_code else "") \
         + (_FINE_TUNE.format(repo_id=repo_id) if task in ("pretraining", "base") else "")
+
+
+# the Auto classes of the heads: transformers' pipeline of the card's `pipeline_tag` loads retrieval and grounding
+# heads with theirs (VQA's pipeline was removed in transformers 5; the tag stays the Hub's task)
+_AUTO_CLASSES = {"vqa": "AutoModelForVisualQuestionAnswering", "retrieval": "AutoModelForZeroShotImageClassification",
+                 "grounding": "AutoModelForZeroShotObjectDetection"}
+_PIPELINE = """
+
+transformers' own `{tag}` pipeline serves this checkpoint (`trust_remote_code=True` without vl_models):
+
+```python
+from transformers import pipeline
+
+pipe = pipeline("{tag}", model="{repo_id}")
+pipe("cats.jpg", candidate_labels=["two cats on a couch", "a dog in the snow"])
+```"""
 
 
 _REMOTE_CODE = """

@@ -7,8 +7,10 @@ pipelines (docs/pipelines.md), so an endpoint gives what `pipeline("vl-...", mod
 - retrieval (zero-shot-image-classification): `{"inputs": image, "parameters": {"candidate_labels": [...] or
   "a, b", "hypothesis_template", "top_k"}}` -> `[{"score", "label"}]`, best first
 - VQA: `{"inputs": {"image": image, "question": str}, "parameters": {"top_k"}}` -> `[{"score", "answer"}]`
-- grounding (zero-shot-object-detection): `{"inputs": image, "parameters": {"candidate_labels": ...}}` -> one
-  `{"box", "score", "text"}` per label, in the order given; or `{"inputs": {"image", "text"}}` -> one of them
+- grounding (zero-shot-object-detection): `{"inputs": image, "parameters": {"candidate_labels": ..., "threshold",
+  "top_k"}}` -> transformers' `zero-shot-object-detection` pipeline's answer: `[{"score", "label", "box": {"xmin",
+  "ymin", "xmax", "ymax"}}]`, best first, at most one box per label (the head's), those with a score above
+  `threshold` (default 0.1); or `{"inputs": {"image", "text"}}` -> `vl-visual-grounding`'s `{"box", "score", "text"}`
 - pre-training / base (image-feature-extraction): `{"inputs": image}` -> the image encoder's hidden states,
   `[1, tokens, width]`; pre-training checkpoints also take `candidate_labels` (zero-shot, if trained with ITC)
   and `{"inputs": {"image", "text"}}` (fill-mask when the text holds the mask token, else image-text matching)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import urllib.request
@@ -145,7 +148,7 @@ class EndpointHandler:
                 if labels is None:
                     raise ValueError("`parameters.candidate_labels` is required: the expressions to find, a list "
                                      "or a comma-separated str")
-                return [pipes["vl-visual-grounding"](image, label, **parameters) for label in labels]
+                return self.detection(image, candidate_labels=labels, **parameters)
             if labels is not None or self.head == "retrieval":
                 if labels is None:
                     raise ValueError("`parameters.candidate_labels` is required: a list of str or a "
@@ -164,6 +167,19 @@ class EndpointHandler:
             if parameters:
                 raise ValueError(f"image features take no parameters, got {sorted(parameters)}")
             return self.model.base_model(pixel_values=self._pixels(image)).image_embeds.tolist()
+
+    @functools.cached_property
+    def detection(self):
+        """transformers' own zero-shot-object-detection pipeline on the grounding head (what the card's tag promises);
+        the processor's image processor has the `post_process_object_detection` it calls."""
+        from transformers import ZeroShotObjectDetectionPipeline
+
+        class Detection(ZeroShotObjectDetectionPipeline):
+            def check_model_type(self, supported_models):
+                pass  # the repo's own class, which the remote code does not register with the Auto classes
+
+        return Detection(model=self.model, tokenizer=self.processor.tokenizer,
+                         image_processor=self.processor.image_processor)
 
     def _pixels(self, image) -> torch.Tensor:
         return self.processor(images=image, return_tensors="pt")["pixel_values"].to(self.model.dtype)

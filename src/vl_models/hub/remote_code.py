@@ -68,6 +68,10 @@ def auto_map(method, model_type: str | None = None) -> dict[str, str]:
     }
     if "vqa" in spec.task_classes:
         mapping["AutoModelForVisualQuestionAnswering"] = _reference(spec.task_classes["vqa"])
+    if "retrieval" in spec.task_classes:  # transformers' zero-shot-image-classification pipeline loads with it
+        mapping["AutoModelForZeroShotImageClassification"] = _reference(spec.task_classes["retrieval"])
+    if "grounding" in spec.task_classes:  # and zero-shot-object-detection with this (one box per label)
+        mapping["AutoModelForZeroShotObjectDetection"] = _reference(spec.task_classes["grounding"])
     return mapping
 
 

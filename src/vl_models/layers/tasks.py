@@ -111,7 +111,13 @@ class ImageTextRetrievalMixin(_TaskMixin):
     def forward(self, pixel_values=None, input_ids=None, attention_mask=None, image_ids=None, return_loss=None,
                 alpha=None, generator=None, interpolate_pos_encoding=False, **kwargs) -> VlRetrievalOutput:
         """`image_ids` [B] (ints >= 0, from the collator): the image of each pair; captions of one image share it and
-        are positives of each other. `alpha`: overrides `config.alpha` (distillation weight) where the loss uses it."""
+        are positives of each other. `alpha`: overrides `config.alpha` (distillation weight) where the loss uses it.
+
+        M images and N texts with M != N (transformers' `zero-shot-image-classification` pipeline: one image, N
+        labels) are scored as a dual encoder, as CLIP is: `logits_per_image` [M, N] only (no pairs, so no ITM)."""
+        if pixel_values is not None and input_ids is not None and pixel_values.shape[0] != input_ids.shape[0]:
+            return self._dual_encoder_logits(pixel_values, input_ids, attention_mask, image_ids, return_loss,
+                                             interpolate_pos_encoding)
         image_embeds, text_embeds, mask = self._encode_pair(pixel_values, input_ids, attention_mask,
                                                             interpolate_pos_encoding)
         if image_ids is not None:
@@ -138,6 +144,20 @@ class ImageTextRetrievalMixin(_TaskMixin):
                                                      same)
             out.loss = loss_itc + loss_itm
         return out
+
+    def _dual_encoder_logits(self, pixel_values, input_ids, attention_mask, image_ids, return_loss,
+                             interpolate_pos_encoding) -> VlRetrievalOutput:
+        if image_ids is not None or (return_loss if return_loss is not None else self.training):
+            raise ValueError(f"the retrieval loss needs pairs: `pixel_values` and `input_ids` with one batch size, "
+                             f"got {pixel_values.shape[0]} images and {input_ids.shape[0]} texts (M images x N texts "
+                             f"are scored in eval mode, without `image_ids`)")
+        check_same_batch(input_ids=input_ids, attention_mask=attention_mask)
+        model = self.base_model
+        image_feat = model.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)  # [M, E]
+        text_feat = model.get_text_features(input_ids, attention_mask)  # [N, E]
+        logits_per_image = image_feat @ text_feat.t() / self.temp.clamp(0.001, 0.5)  # [M, N]
+        return VlRetrievalOutput(logits_per_image=logits_per_image, logits_per_text=logits_per_image.t(),
+                                 image_feat=image_feat, text_feat=text_feat)
 
     def _retrieval_itc(self, image_feat, text_feat, temp, logits_per_image, **inputs):
         """(ITC loss, similarities [B, B] image->text and text->image that ITM's hard negatives are drawn from):

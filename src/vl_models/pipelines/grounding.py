@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
+from ..processing import cxcywh_to_xyxy
 from .base import VlPipeline, check_image, check_no_kwargs, check_pair, check_text, image_size, pair_inputs
 from .capabilities import GROUNDING
-
-
-def cxcywh_to_xyxy(box, width: int, height: int) -> list[float]:
-    """Normalised (cx, cy, w, h) -> [x0, y0, x1, y1] in pixels, clipped to the image. The processor resizes the
-    whole image to a square (no crop, no padding), so normalised coordinates map straight back."""
-    cx, cy, w, h = (float(v) for v in box)
-    x0, x1 = (cx - w / 2) * width, (cx + w / 2) * width
-    y0, y1 = (cy - h / 2) * height, (cy + h / 2) * height
-    return [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
 
 
 class VlVisualGroundingPipeline(VlPipeline):
