@@ -234,9 +234,10 @@ def test_demo_runs_every_stage_and_prints_the_table(tmp_path):
     for row in ("retrieval text->image R@5", "with ITM re-ranking, R@5", "VQA accuracy", "grounding accuracy"):
         assert row in result.stdout
     saved = json.loads((tmp_path / "demo_results.json").read_text())["results"]
-    assert set(saved) == {"zero-shot", "zero-shot-itm", "retrieval", "vqa", "grounding"}
-    for name in ("zero-shot", "zero-shot-itm"):  # each ranking keeps its own results file beside the model
-        assert (tmp_path / "pretrained" / f"eval_results_{name}.json").is_file()
+    assert set(saved) == {"zero-shot", "zero-shot-itm", "retrieval", "retrieval-itm", "vqa", "grounding"}
+    for folder, name in (("pretrained", "zero-shot"), ("retrieval", "retrieval")):
+        for ranking in (name, name + "-itm"):  # each ranking keeps its own results file beside the model
+            assert (tmp_path / folder / f"eval_results_{ranking}.json").is_file()
 
 
 def test_vilta_second_stage_distils_from_the_first_stage_student(tmp_path, capsys):
