@@ -65,6 +65,7 @@ from vl_models.training import (
 )
 from vl_models.training.data import add_cache_dir_arg, mix_sources, read_text_lines
 from vl_models.training.learning import describe_signals, from_scratch_warnings, learning_signals
+from vl_models.training.streaming import build_stream, skipped_totals, stream_files
 
 logger = logging.getLogger("pretrain")
 
@@ -96,7 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="ramp the distillation weight alpha from 0 over N updates (default: one epoch, as ALBEF)")
     g = parser.add_argument_group("data")
     g.add_argument("--data", default="shapes",
-                   help="'shapes', a Karpathy-style captions .json, an image folder with metadata.jsonl, or .parquet")
+                   help="'shapes', a Karpathy-style captions .json, an image folder with metadata.jsonl, or .parquet; "
+                        "or shards streamed without loading them: WebDataset .tar (a brace pattern such as "
+                        "'shards/{00000..00999}.tar', a glob, a folder of .tar) or a folder / pattern of .parquet "
+                        "shards (needs --max_train_steps; docs/training.md, 'Streaming shards')")
+    g.add_argument("--shuffle_buffer", type=int, default=1000,
+                   help="streamed --data: samples in the shuffle buffer of each data-loader worker (0: shard order)")
     g.add_argument("--image_dir", default=None, help="image root of a captions .json (default: the file's folder)")
     g.add_argument("--num_train_images", type=int, default=2000, help="Shapes: training images")
     g.add_argument("--num_val_images", type=int, default=200, help="Shapes: validation images")
@@ -205,9 +211,16 @@ def pretrain(args, accelerator) -> dict:
     with user_errors("model", OSError):
         model, processor = build_model(args)
     config, model_class = model.config, type(model)
-    data, info = load_captions(args.data, image_dir=args.image_dir, num_train=args.num_train_images,
-                               num_val=args.num_val_images, image_size=args.shapes_image_size, seed=args.seed,
-                               validation_fraction=args.validation_fraction, cache_dir=args.cache_dir)
+    with user_errors(f"--data {args.data}"):
+        streamed = stream_files(args.data) is not None
+    if streamed and (args.text_data or args.image_data):
+        raise UserError("--text_data / --image_data cannot be mixed with streamed --data shards yet")
+    if streamed:  # no validation split: the zero-shot and learning-signal evaluations are left out
+        data, info = {"validation": []}, {"skipped_images": 0}
+    else:
+        data, info = load_captions(args.data, image_dir=args.image_dir, num_train=args.num_train_images,
+                                   num_val=args.num_val_images, image_size=args.shapes_image_size,
+                                   seed=args.seed, validation_fraction=args.validation_fraction, cache_dir=args.cache_dir)
     if args.text_data or args.image_data:
         if not accepts(model_class, "text_input_ids"):
             raise UserError(f"--text_data / --image_data need a method that trains on text-only and image-only "
@@ -217,16 +230,25 @@ def pretrain(args, accelerator) -> dict:
         collator = PreTrainingCollator(processor, config, model_class, seed=args.seed, max_length=args.max_length,
                                        whole_word_masking=args.whole_word_masking)
     batch_size = args.per_device_train_batch_size
-    train_dl = make_dataloader(data["train"], collator, batch_size, seed=args.seed, drop_last=True,
-                               num_workers=args.num_workers)  # equal batches on every rank: ITC gathers them
-    if len(data["train"]) < batch_size * accelerator.num_processes or batch_size < 2:
-        raise UserError(f"--data {args.data}: {len(data['train'])} training pairs cannot fill one batch of "
-                        f"{batch_size} (>= 2) per process on {accelerator.num_processes} processes")
+    if streamed:
+        train_dl = build_stream(args, collator, accelerator)  # every batch full: ITC gathers them
+    else:
+        train_dl = make_dataloader(data["train"], collator, batch_size, seed=args.seed, drop_last=True,
+                                   num_workers=args.num_workers)  # equal batches on every rank: ITC gathers them
+    if batch_size < 2 or (not streamed and len(data["train"]) < batch_size * accelerator.num_processes):
+        raise UserError(f"--data {args.data}: {len(data['train']) if not streamed else 'a stream'} training pairs "
+                        f"cannot fill one batch of {batch_size} (>= 2) per process on {accelerator.num_processes} "
+                        f"processes")
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
-    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
-    per_epoch, total = schedule(args, len(train_dl))
+    if streamed:  # the stream splits itself between processes and moves batches to the device
+        model, optimizer = accelerator.prepare(model, optimizer)
+        per_epoch = total = args.max_train_steps  # no epochs: alpha ramps over the run unless told
+        args.num_train_epochs = 1
+    else:
+        model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+        per_epoch, total = schedule(args, len(train_dl))
     scheduler = build_scheduler(optimizer.optimizer, args.num_warmup_steps, total, name=args.lr_scheduler_type)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us once per update, saved with the state
     alpha_steps = per_epoch if args.alpha_warmup_steps is None else args.alpha_warmup_steps
@@ -237,6 +259,8 @@ def pretrain(args, accelerator) -> dict:
     if finished is not None:
         return finished
     step, resumed = resume_run(accelerator, args, checkpoint_dir)
+    if streamed:
+        train_dl.load_state_dict((resumed or {}).get("stream"), accelerator)
     # zero-shot retrieval needs ITC features (the visual tokenizer has none)
     has_itc = hasattr(accelerator.unwrap_model(model).base_model, "get_image_features")
     val_inputs = retrieval_inputs(data["validation"], processor, args.eval_max_images) \
@@ -268,12 +292,17 @@ def pretrain(args, accelerator) -> dict:
         return metrics
 
     accelerator.init_trackers("pretrain", config=run_config(args, num_parameters=model_size(model)))
-    accelerator.log({"data/train_pairs": len(data["train"]), "data/skipped_images": info["skipped_images"]},
-                    step=step)
-    logger.info("%s-%s: %.2fM trainable parameters, %d training images, %d updates (%d per epoch), "
-                "batch %d x %d processes x %d accumulation", args.method, args.size, model_size(model) / 1e6,
-                len(data["train"]), total, per_epoch, batch_size, accelerator.num_processes,
-                args.gradient_accumulation_steps)
+    if streamed:
+        logger.info("%s-%s: %.2fM trainable parameters, streaming %s, %d updates, batch %d x %d processes x %d "
+                    "accumulation", args.method, args.size, model_size(model) / 1e6, args.data, total, batch_size,
+                    accelerator.num_processes, args.gradient_accumulation_steps)
+    else:
+        accelerator.log({"data/train_pairs": len(data["train"]), "data/skipped_images": info["skipped_images"]},
+                        step=step)
+        logger.info("%s-%s: %.2fM trainable parameters, %d training images, %d updates (%d per epoch), "
+                    "batch %d x %d processes x %d accumulation", args.method, args.size, model_size(model) / 1e6,
+                    len(data["train"]), total, per_epoch, batch_size, accelerator.num_processes,
+                    args.gradient_accumulation_steps)
     def forward(batch, step, micro_step):
         extra = {"alpha": ramp(config.alpha, step, alpha_steps)} if ramp_alpha else {}
         generator = step_generator(args.seed, micro_step, accelerator.process_index, accelerator.device,
@@ -283,7 +312,14 @@ def pretrain(args, accelerator) -> dict:
     step, metrics = train_updates(accelerator, args, model=model, train_dl=train_dl, collator=collator,
                                   optimizer=optimizer, scheduler=scheduler, step=step, total=total,
                                   per_epoch=per_epoch, checkpoint_dir=checkpoint_dir, evaluate=evaluate,
-                                  forward=forward, rows=batch_rows, desc="pre-training", resumed=resumed)
+                                  forward=forward, rows=batch_rows, desc="pre-training", resumed=resumed,
+                                  stream=train_dl if streamed else None)
+    skipped = {}
+    if streamed:  # samples skipped by every process, since the run's start (a resumed run included)
+        skipped = skipped_totals(train_dl, accelerator)
+        accelerator.log({f"data/{k}": v for k, v in skipped.items()}, step=step)
+        logger.info("streamed data: skipped %d unreadable images and %d samples without caption",
+                    skipped["skipped_images"], skipped["skipped_captions"])
     save_final(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process:
         write_results(args.output_dir / "eval_results.json", [
@@ -295,7 +331,7 @@ def pretrain(args, accelerator) -> dict:
                                                      args.hub_private_repo, args.output_dir / "eval_results.json"))
         mark_finished(args.output_dir, step)
     accelerator.end_training()
-    return {"step": step, "metrics": metrics, "output_dir": str(args.output_dir)}
+    return {"step": step, "metrics": metrics, "output_dir": str(args.output_dir), **skipped}
 
 
 def model_size(model) -> int:

@@ -104,6 +104,7 @@ _FLAG_MINIMUMS = {
     "max_train_steps": (1, True), "num_warmup_steps": (0, True), "checkpointing_steps": (0, False),
     "checkpoints_total_limit": (0, False), "eval_steps": (0, False), "max_consecutive_skips": (1, False),
     "num_workers": (0, False), "weight_decay": (0, False), "max_grad_norm": (0, False),
+    "shuffle_buffer": (0, False),
 }
 
 
@@ -290,14 +291,16 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: floa
 
 def train_updates(accelerator, args, *, model, train_dl, collator, optimizer, scheduler, step: int, total: int,
                   per_epoch: int, checkpoint_dir, evaluate, forward, rows, desc: str,
-                  resumed: dict | None = None) -> tuple[int, dict]:
+                  resumed: dict | None = None, stream=None) -> tuple[int, dict]:
     """The update loop examples/pretrain.py and finetune.py share, from update `step` (0, or where the checkpoint
     `resumed` (its trainer state) left off: the epoch's first batches are skipped and the logging window's sums
     restored, so a resumed run sees the data and logs the values the uninterrupted one did) to `total`.
     `forward(batch, step, micro_step)` returns (model output, extra values to log); `rows(batch)` counts the
     batch's examples for samples/s. Per update: the non-finite guard, the window's means every `--logging_steps`, a
     checkpoint every `--checkpointing_steps`, `evaluate(step)` every `--eval_steps`, and once at the end unless the
-    last update just did. Returns (the last update, the last metrics)."""
+    last update just did. `stream`: `train_dl` is a `streaming.StreamLoader`, which restores its own position (no
+    batch is skipped here, there are no epochs) and whose state each checkpoint saves. Returns (the last update, the
+    last metrics)."""
     meter, speed, metrics = LossMeter(), Throughput(), {}
     meter.load_state_dict((resumed or {}).get("log_window"), accelerator)
     guard = NonFiniteGuard(args.max_consecutive_skips)  # a non-finite loss skips the update on every process
@@ -306,7 +309,10 @@ def train_updates(accelerator, args, *, model, train_dl, collator, optimizer, sc
     skip = (step - start_epoch * per_epoch) * args.gradient_accumulation_steps
     # an epoch's last update may take fewer micro-batches (accelerate syncs at the end of the data loader): count
     # the micro-batches of whole epochs, not step x accumulation, or a resumed run draws other negatives
-    micro_step = start_epoch * len(train_dl) + skip
+    if stream is not None:  # one endless pass; the loader resumed at its saved position
+        start_epoch, skip, micro_step = 0, 0, step * args.gradient_accumulation_steps
+    else:
+        micro_step = start_epoch * len(train_dl) + skip
     model.train()
     epochs = range(start_epoch, args.num_train_epochs) if step < total else ()  # a finished run trains no more
     for epoch in epochs:
@@ -342,6 +348,8 @@ def train_updates(accelerator, args, *, model, train_dl, collator, optimizer, sc
                 bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                 state = {"epoch": epoch, "args": vars(args), "log_window": meter.state_dict(accelerator)}
+                if stream is not None:
+                    state["stream"] = stream.state_dict(accelerator)
                 save_checkpoint(accelerator, checkpoint_dir, step, state, args.checkpoints_total_limit)
                 speed.reset()
             if args.eval_steps and step % args.eval_steps == 0:
