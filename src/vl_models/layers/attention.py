@@ -66,6 +66,9 @@ class Attention(nn.Module):
     """Multi-head attention; `kv_dim` set means cross-attention to a sequence of another width."""
 
     is_causal = False
+    # Grad-CAM (layers/gradcam.py) sets `keep_attention` to keep the probabilities of the next forward passes in
+    # `kept_attention` [B, H, Lq, Lk], still in the autograd graph; only the eager kernel returns them
+    keep_attention = False
 
     def __init__(
         self,
@@ -126,5 +129,10 @@ class Attention(nn.Module):
             **extra,
             **kwargs,
         )
+        if self.keep_attention:
+            if weights is None:
+                raise RuntimeError(f"keeping attention maps needs attn_implementation='eager', the attention "
+                                   f"runs {self.config._attn_implementation!r}")
+            self.kept_attention = weights
         out = out.reshape(bsz, q_len, self.hidden_size)  # [B, Lq, D]
         return self.out_proj(out), weights
