@@ -6,6 +6,11 @@ semantic segmentation.
         --data /data/coco/dataset_coco.json --image_dir /data/coco
     accelerate launch examples/finetune.py --task segmentation --model_name_or_path outputs/pretrain-vl_beit-small \\
         --data /data/ADEChallengeData2016
+    python examples/finetune.py --task grounding --grounding_protocol weak --model_name_or_path outputs/pretrain-vlmae-small
+
+Grounding has two protocols: `supervised` (default) trains a box head on the boxes; `weak` (ALBEF's weakly supervised
+RefCOCO+ protocol) fine-tunes ITC + ITM on the referring expressions alone, with the retrieval model's loss, and is
+evaluated by ranking proposals with Grad-CAM (examples/evaluate.py --grounding_protocol weak).
 
 The task head starts from scratch; the backbone comes from the pre-training folder or Hub id. Shapes is the
 default data; other data goes through the readers of `vl_models.data` (docs/training.md lists the flags).
@@ -59,6 +64,8 @@ from vl_models.training import (
     user_errors,
     write_results,
 )
+from vl_models.training.data import expressions_as_captions
+from vl_models.training.evaluation import add_grounding_args, evaluate_weak_grounding, grounding_model_task
 
 logger = logging.getLogger("finetune")
 # the head starts from scratch on top of pre-trained weights: at one learning rate for both, either the head crawls
@@ -73,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model_name_or_path", required=True, help="pre-trained model folder or Hub id")
     add_data_args(parser)
     add_training_args(parser)
+    add_grounding_args(parser)
     parser.add_argument("--head_learning_rate", type=float, default=None,
                         help=f"peak learning rate of the task head, which starts from scratch (default: "
                              f"{HEAD_LEARNING_RATE_MULTIPLIER:g} x --learning_rate, as ViLT; docs/training.md)")
@@ -80,7 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     apply_presets(args, FINETUNE_DEFAULTS)
     if args.head_learning_rate is None:
         args.head_learning_rate = HEAD_LEARNING_RATE_MULTIPLIER * args.learning_rate
-    args.output_dir = Path(args.output_dir or default_output_dir("finetune", args.task))
+    args.weak_grounding = args.task == "grounding" and args.grounding_protocol == "weak"
+    # the task whose model, collator and loss train: weak grounding trains the retrieval model on the expressions
+    args.model_task = grounding_model_task(args.task, args.grounding_protocol)
+    name = ("finetune", args.task, "weak") if args.weak_grounding else ("finetune", args.task)
+    args.output_dir = Path(args.output_dir or default_output_dir(*name))
     return args
 
 
@@ -90,7 +102,7 @@ def checkpoint_class(args) -> type:
     with user_errors(f"--model_name_or_path {args.model_name_or_path}", OSError):
         check_model_folder(args.model_name_or_path)
         config = AutoConfig.from_pretrained(args.model_name_or_path)
-        return task_class(config.model_type, args.task, args.model_name_or_path)
+        return task_class(config.model_type, args.model_task, args.model_name_or_path)
 
 
 def load_model(args, model_class, labels):
@@ -114,16 +126,17 @@ def main(argv=None) -> dict:
     model_class = checkpoint_class(args)
     data, info = load_task_data(args.task, args.data, splits=("train", "validation"), seed=args.seed,
                                 **data_kwargs(args))
+    train_data = expressions_as_captions(data["train"]) if args.weak_grounding else data["train"]
     with user_errors(f"--model_name_or_path {args.model_name_or_path}", OSError):
         model, processor = load_model(args, model_class, info.get("answers", info.get("labels")))
     num_labels = model.config.num_labels if args.task in ("vqa", "segmentation") else None
     reduce_labels = info.get("reduce_labels", False)  # ADE20K's "other" (0) ignored
-    collator = task_collator(args.task, processor, num_labels=num_labels, train=True, seed=args.seed,
+    collator = task_collator(args.model_task, processor, num_labels=num_labels, train=True, seed=args.seed,
                              reduce_labels=reduce_labels)
-    train_dl = make_dataloader(data["train"], collator, args.per_device_train_batch_size, seed=args.seed,
+    train_dl = make_dataloader(train_data, collator, args.per_device_train_batch_size, seed=args.seed,
                                drop_last=True, num_workers=args.num_workers)
     eval_dl = eval_dataloader(args.task, data["validation"], processor, args.per_device_eval_batch_size,
-                              num_labels=num_labels, reduce_labels=reduce_labels) if args.task != "retrieval" else None
+                              num_labels=num_labels, reduce_labels=reduce_labels) if args.model_task != "retrieval" else None
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     optimizer = build_optimizer(model, args.learning_rate, args.weight_decay,
@@ -141,12 +154,20 @@ def main(argv=None) -> dict:
     step, resumed = resume_run(accelerator, args, checkpoint_dir)
 
     def evaluate(step: int) -> dict:
-        if args.task == "retrieval":
+        if args.model_task == "retrieval":
             metrics = {}
             if accelerator.is_main_process:
                 with accelerator.autocast():
-                    metrics = evaluate_retrieval(accelerator.unwrap_model(model), processor, data["validation"],
-                                                 accelerator.device, k=args.itm_k, max_images=args.eval_max_images)
+                    if args.weak_grounding:
+                        metrics = evaluate_weak_grounding(accelerator.unwrap_model(model), processor,
+                                                          data["validation"], accelerator.device,
+                                                          batch_size=args.per_device_eval_batch_size,
+                                                          layer=args.gradcam_layer,
+                                                          max_examples=args.eval_max_images)
+                    else:
+                        metrics = evaluate_retrieval(accelerator.unwrap_model(model), processor, data["validation"],
+                                                     accelerator.device, k=args.itm_k,
+                                                     max_images=args.eval_max_images)
                 model.train()
             accelerator.wait_for_everyone()
         else:
@@ -159,7 +180,7 @@ def main(argv=None) -> dict:
         return metrics
 
     accelerator.init_trackers(f"finetune-{args.task}", config=run_config(args))
-    accelerator.log({"data/train_examples": len(data["train"]), "data/skipped_images": info["skipped_images"]},
+    accelerator.log({"data/train_examples": len(train_data), "data/skipped_images": info["skipped_images"]},
                     step=step)
     takes_generator = accepts(model_class, "generator")
 
@@ -176,8 +197,10 @@ def main(argv=None) -> dict:
                                   resumed=resumed)
     save_final(accelerator, model, processor, args.output_dir)
     if accelerator.is_main_process:
-        write_results(args.output_dir / "eval_results.json",
-                      [{"task": args.task, "dataset": args.data, "split": "validation", "metrics": metrics}])
+        record = {"task": args.task, "dataset": args.data, "split": "validation", "metrics": metrics}
+        if args.task == "grounding":
+            record["protocol"] = args.grounding_protocol
+        write_results(args.output_dir / "eval_results.json", [record])
         logger.info("saved the fine-tuned model and processor to %s", args.output_dir)
         if args.push_to_hub:
             logger.info("pushed to %s", push_to_hub(accelerator.unwrap_model(model), processor, args.hub_model_id,

@@ -1,5 +1,5 @@
-"""RefCOCO / RefCOCO+ / RefCOCOg (referring expressions with boxes) and NLVR2 (image pairs with
-true/false sentences) readers."""
+"""RefCOCO / RefCOCO+ / RefCOCOg (referring expressions with boxes, and the detection proposals of the weakly
+supervised protocol) and NLVR2 (image pairs with true/false sentences) readers."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ NLVR2_FEATURES = datasets.Features(
         "label": datasets.ClassLabel(names=["False", "True"]),
     }
 )
+PROPOSALS_FEATURE = datasets.Sequence(datasets.Sequence(datasets.Value("float32"), length=4))
 _NUMBER = (int, float)
 
 
@@ -83,12 +84,43 @@ def _instances(instances_file) -> tuple[dict, dict]:
     return images, boxes
 
 
+def read_detections(detections_file: str | os.PathLike) -> dict[int, list[list[float]]]:
+    """The detection proposals of the weakly supervised grounding protocol (ALBEF's ``dets.json``, the COCO
+    detections of each RefCOCO+ image): a JSON object {image id: [[x, y, w, h, ...], ...]} in pixels; numbers after
+    the first four (a score, a class) are dropped. -> {image id (int): [[x, y, w, h], ...]}."""
+    data = load_json(detections_file, "detections file")
+    if not isinstance(data, dict):
+        raise ValueError(f"{detections_file}: detections must be a JSON object {{image id: [[x, y, w, h], ...]}}, "
+                         f"got {type(data).__name__}")
+    out = {}
+    for key, boxes in data.items():
+        try:
+            image_id = int(key)
+        except ValueError:
+            raise ValueError(f"{detections_file}: key {key!r} is no image id (an integer)") from None
+        if not isinstance(boxes, list):
+            raise ValueError(f"{detections_file}: image {key} must map to a list of boxes, got {boxes!r:.80}")
+        for j, box in enumerate(boxes):
+            if (not isinstance(box, list) or len(box) < 4 or not all(isinstance(v, _NUMBER) for v in box[:4])
+                    or box[2] < 0 or box[3] < 0):
+                raise ValueError(f"{detections_file}: image {key} box {j} must be [x, y, w, h, ...] with w, h >= 0, "
+                                 f"got {box!r:.80}")
+        out[image_id] = [[float(v) for v in box[:4]] for box in boxes]
+    return out
+
+
+def _normalised(box, width: int, height: int) -> list[float]:
+    x, y, w, h = box
+    return [(x + w / 2) / width, (y + h / 2) / height, w / width, h / height]
+
+
 def read_refcoco(
     refs_file: str | os.PathLike,
     instances_file: str | os.PathLike,
     image_dir: str | os.PathLike,
     *,
-    split: str | None = None,
+    split: str | tuple[str, ...] | None = None,
+    detections_file: str | os.PathLike | None = None,
     check_images: bool = True,
 ) -> datasets.Dataset:
     """Read RefCOCO/+/g: ``refs`` (a JSON list or the official ``refs(unc).p`` pickle of dicts with
@@ -97,12 +129,17 @@ def read_refcoco(
 
     One row per sentence; ``box`` is the referred annotation's box as normalised (cx, cy, w, h) in
     [0, 1] (pixel ``[x, y, w, h]`` divided by the image size). ``split`` keeps one split ("train",
-    "val", "testA", "testB", "test").
+    "val", "testA", "testB", "test") or those of a tuple (RefCOCO+'s test: ("testA", "testB")).
+    ``detections_file`` (``read_detections``) adds ``proposals``: the image's detections, normalised (cx, cy,
+    w, h) [K, 4], empty for an image it does not list.
     """
     refs = _load_refs(refs_file)
     images, boxes = _instances(instances_file)
     image_dir = existing_path(image_dir, "image directory")
+    detections = read_detections(detections_file) if detections_file is not None else None
+    wanted = {split} if isinstance(split, str) else set(split) if split is not None else None
     columns = {name: [] for name in REFCOCO_FEATURES}
+    proposals = []
     seen_splits = set()
     for index, ref in enumerate(refs):
         ref_id = field(ref, "ref_id", refs_file, f"ref {index}", int)
@@ -113,7 +150,7 @@ def read_refcoco(
         sentences = [field(s, "sent", refs_file, f"{where} sentence {j}", str)
                      for j, s in enumerate(field(ref, "sentences", refs_file, where, list))]
         seen_splits.add(ref_split)
-        if split is not None and ref_split != split:
+        if wanted is not None and ref_split not in wanted:
             continue
         if ann_id not in boxes:
             raise ValueError(f"{instances_file}: no annotation with id={ann_id}, named by {refs_file} {where}")
@@ -121,16 +158,21 @@ def read_refcoco(
             raise ValueError(f"{instances_file}: no image with id={image_id}, named by {refs_file} {where}")
         file_name, width, height = images[image_id]
         path = image_file(image_dir, file_name, instances_file, f"image id={image_id}")
-        x, y, w, h = boxes[ann_id]
-        box = [(x + w / 2) / width, (y + h / 2) / height, w / width, h / height]
+        box = _normalised(boxes[ann_id], width, height)
         for sentence in sentences:
+            if detections is not None:
+                proposals.append([_normalised(d, width, height) for d in detections.get(image_id, [])])
             for name, value in (("image", path), ("image_id", image_id), ("ref_id", ref_id), ("ann_id", ann_id),
                                 ("split", ref_split), ("expression", sentence), ("box", box),
                                 ("image_width", width), ("image_height", height)):
                 columns[name].append(value)
-    if split is not None and not columns["image"]:
+    if wanted is not None and not columns["image"]:
         raise ValueError(f"{refs_file}: `split` {split!r} matches no ref; its splits are {sorted(seen_splits)}")
-    ds = datasets.Dataset.from_dict(columns, features=REFCOCO_FEATURES)
+    features = REFCOCO_FEATURES
+    if detections is not None:
+        columns["proposals"] = proposals
+        features = datasets.Features({**REFCOCO_FEATURES, "proposals": PROPOSALS_FEATURE})
+    ds = datasets.Dataset.from_dict(columns, features=features)
     return filter_readable_images(ds) if check_images else ds
 
 

@@ -42,7 +42,8 @@ logger = logging.getLogger(__name__)
 SHAPES_TASK = {"captions": "captions", "retrieval": "captions", "vqa": "vqa", "grounding": "grounding",
                "nlvr2": "nlvr2", "segmentation": "segmentation"}
 KARPATHY_SPLITS = {"train": ("train", "restval"), "validation": ("val",), "test": ("test",)}
-REFCOCO_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+# RefCOCO / RefCOCO+ (UNC) split their test set by kind, testA (people) and testB (other objects); RefCOCOg has "test"
+REFCOCO_SPLITS = {"train": "train", "validation": "val", "test": ("test", "testA", "testB")}
 ADE20K_SPLITS = {"train": "training", "validation": "validation", "test": "testing"}
 ADE20K_CLASS_FILE = "objectInfo150.txt"  # ADEChallengeData2016's class list: Idx Ratio Train Val Name
 
@@ -165,7 +166,7 @@ def mix_sources(pairs: datasets.Dataset, texts: datasets.Dataset | None = None,
 def load_task_data(task: str, data: str, *, splits=("train", "validation"), image_dir: str | None = None,
                    annotations_file: str | None = None, instances_file: str | None = None,
                    validation_data: str | None = None, validation_annotations_file: str | None = None,
-                   answer_vocab: list[str] | None = None, num_train: int = 1000, num_val: int = 200,
+                   answer_vocab: list[str] | None = None, proposals: str | None = None, num_train: int = 1000, num_val: int = 200,
                    num_test: int = 200, image_size: int = 64, seed: int = 0,
                    validation_fraction: float = 0.05, cache_dir: str | None = None
                    ) -> tuple[datasets.DatasetDict, dict]:
@@ -175,7 +176,10 @@ def load_task_data(task: str, data: str, *, splits=("train", "validation"), imag
     - vqa: `data` = VQAv2 questions JSON with `annotations_file` (train); `validation_data` +
       `validation_annotations_file` for evaluation. The answer vocabulary comes from the train annotations
       unless `answer_vocab` (e.g. a fine-tuned model's labels) is given.
-    - grounding: `data` = RefCOCO refs (JSON or pickle) with `instances_file`; splits train / val / test.
+    - grounding: `data` = RefCOCO refs (JSON or pickle) with `instances_file`; splits train / val / test (testA +
+      testB for RefCOCO and RefCOCO+, the `split` column tells them apart). `proposals`: the detections file of the
+      weakly supervised protocol (ALBEF's dets.json, `read_detections`), a `proposals` column per row. Shapes rows
+      carry their scene's `objects`, whose boxes are the proposals there.
     - nlvr2: `data` = the train JSON lines, `validation_data` = dev (or test) JSON lines.
     - segmentation: `data` = a folder in ADE20K's layout (`read_segmentation_folder`; splits training /
       validation / testing), read as ADE20K (`info["reduce_labels"]`: 0 is ignored, class k is label k - 1);
@@ -199,7 +203,7 @@ def load_task_data(task: str, data: str, *, splits=("train", "validation"), imag
             if instances_file is None:
                 raise ValueError("grounding data needs --instances_file (COCO instances.json) beside the refs")
             out = {s: read_refcoco(data, instances_file, image_dir or Path(data).parent, split=REFCOCO_SPLITS[s],
-                                   check_images=False) for s in splits}
+                                   detections_file=proposals, check_images=False) for s in splits}
         elif task == "segmentation":
             out = {s: read_segmentation_folder(data, ADE20K_SPLITS[s]) for s in splits}
         else:
@@ -220,6 +224,13 @@ def load_task_data(task: str, data: str, *, splits=("train", "validation"), imag
         if "train" in out:  # the classes a new head is sized from (evaluation takes the model's)
             info["labels"] = list(SEGMENTATION_CLASSES) if data == "shapes" else _segmentation_classes(Path(data), out)
     return datasets.DatasetDict(out), info
+
+
+def expressions_as_captions(ds: datasets.Dataset) -> datasets.Dataset:
+    """Grounding rows as image-caption pairs (`caption` = the expression) for the weakly supervised protocol's
+    ITC + ITM fine-tuning: the retrieval collator and loss take them, and the expressions of one image share its
+    `image_id`, so they are positives of each other (as in ALBEF's Grounding.py). No box is read."""
+    return ds.rename_column("expression", "caption")
 
 
 def _segmentation_classes(root: Path, splits: dict[str, datasets.Dataset]) -> list[str]:
@@ -266,6 +277,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--image_dir", default=None, help="image root of the data files (default: the file's folder)")
     g.add_argument("--annotations_file", default=None, help="vqa: the VQAv2 annotations .json of --data")
     g.add_argument("--instances_file", default=None, help="grounding: COCO instances.json for the RefCOCO refs")
+    g.add_argument("--proposals", default=None,
+                   help="grounding, weak protocol: the detections .json ranked by Grad-CAM (ALBEF's dets.json: "
+                        "{image id: [[x, y, w, h], ...]} in pixels); Shapes uses its scenes' objects")
     g.add_argument("--validation_data", default=None,
                    help="vqa: validation questions .json; nlvr2: dev .json lines (others take splits from --data)")
     g.add_argument("--validation_annotations_file", default=None, help="vqa: annotations of --validation_data")
@@ -289,7 +303,8 @@ def add_cache_dir_arg(group) -> None:
 def data_kwargs(args) -> dict:
     """`load_task_data` keyword arguments from the flags of `add_data_args`."""
     return {"image_dir": args.image_dir, "annotations_file": args.annotations_file,
-            "instances_file": args.instances_file, "validation_data": args.validation_data,
+            "instances_file": args.instances_file, "proposals": getattr(args, "proposals", None),
+            "validation_data": args.validation_data,
             "validation_annotations_file": args.validation_annotations_file, "num_train": args.num_train_images,
             "num_val": args.num_val_images, "num_test": args.num_test_images, "image_size": args.shapes_image_size,
             "cache_dir": args.cache_dir}
@@ -327,5 +342,6 @@ def make_dataloader(ds: datasets.Dataset, collator, batch_size: int, *, shuffle:
     )
 
 
-__all__ = ["EpochSampler", "UserError", "add_cache_dir_arg", "add_data_args", "data_kwargs", "load_captions", "load_task_data",
+__all__ = ["EpochSampler", "UserError", "add_cache_dir_arg", "add_data_args", "data_kwargs", "expressions_as_captions",
+           "load_captions", "load_task_data",
            "make_dataloader", "mix_sources", "read_text_lines", "run_cli", "user_errors"]

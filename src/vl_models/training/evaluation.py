@@ -1,4 +1,5 @@
-"""Evaluation used by the scripts: zero-shot and fine-tuned retrieval, VQA, grounding, NLVR2, semantic segmentation.
+"""Evaluation used by the scripts: zero-shot and fine-tuned retrieval, VQA, grounding (supervised box regression or
+weakly supervised Grad-CAM ranking of proposals), NLVR2, semantic segmentation.
 
 Metrics come from `vl_models.metrics.functional` (plain numpy: no `evaluate` import, which would also be
 shadowed by examples/evaluate.py when a script runs from that folder).
@@ -6,6 +7,7 @@ shadowed by examples/evaluate.py when a script runs from that folder).
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import datasets
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.collators import TASK_COLLATORS, load_image
-from ..metrics.functional import grounding_accuracy, mean_iou, nlvr2_accuracy, retrieval_recall
+from ..layers.gradcam import itm_gradcam, score_proposals
+from ..metrics.functional import box_iou, grounding_accuracy, mean_iou, nlvr2_accuracy, retrieval_recall
 from ..models.vl_beit import VlBeitForSemanticSegmentation
 from ..registry import get_method, list_methods
 from .data import UserError, make_dataloader
@@ -26,6 +29,10 @@ TASKS = tuple(PRIMARY_METRIC)  # the downstream tasks finetune.py and evaluate.p
 # vision-only tasks, outside `Method.task_classes` (the image-text tasks the pipelines, cards and shared tests loop
 # over): method -> class, for the methods that have a head for them
 VISION_TASK_CLASSES = {"segmentation": {"vl_beit": VlBeitForSemanticSegmentation}}
+# grounding's two protocols: "supervised" regresses a box (`XForVisualGrounding`, trained on boxes); "weak" is ALBEF's
+# weakly supervised protocol: ITC + ITM fine-tuning on the expressions (`XForImageTextRetrieval`, no box), then
+# Grad-CAM of the ITM score ranks the given proposals (`evaluate_weak_grounding`)
+GROUNDING_PROTOCOLS = ("supervised", "weak")
 
 
 def task_classes(model_type: str) -> dict[str, type]:
@@ -44,6 +51,24 @@ def task_class(model_type: str, task: str, where: str) -> type:
         able = [m for m in list_methods() if task in task_classes(m)]
         raise UserError(f"--task {task} needs a checkpoint of {' or '.join(able)}; {where} is {model_type}")
     return classes[task]
+
+
+def add_grounding_args(parser: argparse.ArgumentParser) -> None:
+    """The grounding-protocol flags of examples/finetune.py and examples/evaluate.py."""
+    g = parser.add_argument_group("grounding")
+    g.add_argument("--grounding_protocol", default="supervised", choices=GROUNDING_PROTOCOLS,
+                   help="supervised: box regression trained on boxes (XForVisualGrounding); weak: ALBEF's weakly "
+                        "supervised protocol, ITC + ITM fine-tuning on the expressions without boxes "
+                        "(XForImageTextRetrieval), evaluated by ranking --proposals with Grad-CAM")
+    g.add_argument("--gradcam_layer", type=int, default=None,
+                   help="weak protocol: the fusion layer whose text-to-image attention Grad-CAM reads (default: "
+                        "ALBEF's depth, the 3rd of 6 fusion layers; layers.gradcam.default_layer)")
+
+
+def grounding_model_task(task: str, protocol: str) -> str:
+    """The task whose model class serves `task` under `protocol`: weak grounding trains and ranks with the
+    retrieval class (its ITC + ITM loss and ITM head)."""
+    return "retrieval" if task == "grounding" and protocol == "weak" else task
 
 
 def retrieval_inputs(ds: datasets.Dataset, processor, max_images: int | None = None) -> dict:
@@ -164,6 +189,71 @@ def evaluate_classification(task: str, model, dataloader, accelerator) -> dict:
     return nlvr2_accuracy(pred.long().tolist(), ref.long().tolist())
 
 
+def row_proposals(row: dict) -> list[list[float]]:
+    """A grounding row's proposals, normalised (cx, cy, w, h): its `proposals` (a detections file's, RefCOCO) or
+    its scene's objects (Shapes)."""
+    if row.get("proposals") is not None:
+        return [list(box) for box in row["proposals"]]
+    if row.get("objects") is not None:
+        return [list(obj["box"]) for obj in row["objects"]]
+    raise UserError("weakly supervised grounding ranks proposals: give --proposals (a detections .json such as "
+                    "ALBEF's dets.json) with RefCOCO data")
+
+
+def evaluate_weak_grounding(model, processor, ds: datasets.Dataset, device, *, batch_size: int = 32,
+                            layer: int | None = None, max_examples: int | None = None,
+                            iou_threshold: float = 0.5) -> dict:
+    """ALBEF's weakly supervised grounding with an `XForImageTextRetrieval` model: per (image, expression), the
+    Grad-CAM map of the ITM score (`layers.gradcam.itm_gradcam`, fusion layer `layer`) ranks the row's proposals
+    (`row_proposals`; `score_proposals`: sum inside the box / area ** 0.5 on the map upsampled to the image) and
+    the best one is the answer. Metrics: `accuracy` (IoU >= `iou_threshold` with the referred box) and `mean_iou`
+    of the picked proposals; `chance_accuracy`, the expected accuracy of a uniformly random proposal;
+    `proposal_upper_bound`, the share of rows where some proposal reaches the threshold; `accuracy_<split>` per
+    value of a `split` column that holds several (RefCOCO+'s testA / testB). A row without proposals counts as a
+    miss."""
+    model.eval()
+    rows = ds.select(range(min(len(ds), max_examples))) if max_examples else ds
+    picks, refs, chance, reachable, splits = [], [], [], [], []
+    for start in range(0, len(rows), batch_size):
+        batch_rows, images = [], []
+        for row in rows.select(range(start, min(start + batch_size, len(rows)))):
+            image = load_image(row["image"])
+            if image is not None:
+                batch_rows.append(row)
+                images.append(image)
+        if not batch_rows:
+            continue
+        inputs = processor(images=images, text=[row["expression"] for row in batch_rows], return_tensors="pt")
+        maps = itm_gradcam(model, inputs["pixel_values"].to(device), inputs["input_ids"].to(device),
+                           inputs["attention_mask"].to(device), layer=layer).cpu()  # [B, h, w]
+        for row, image, heat in zip(batch_rows, images, maps):
+            proposals = np.asarray(row_proposals(row), dtype=np.float64).reshape(-1, 4)
+            box = np.asarray(row["box"], dtype=np.float64)
+            if len(proposals) == 0:
+                picks.append(np.zeros(4))
+            else:
+                scores = score_proposals(heat, torch.from_numpy(proposals), (image.height, image.width))
+                picks.append(proposals[int(scores.argmax())])
+                hits = box_iou(proposals, np.repeat(box[None], len(proposals), 0)) >= iou_threshold
+                chance.append(float(hits.mean()))
+                reachable.append(float(hits.any()))
+            refs.append(box)
+            splits.append(row.get("split"))
+    model.train()
+    if not refs:
+        return {}
+    metrics = grounding_accuracy(np.stack(picks), np.stack(refs), iou_threshold=iou_threshold)
+    # rows without proposals: a random pick cannot hit either
+    metrics["chance_accuracy"] = float(np.sum(chance) / len(refs))
+    metrics["proposal_upper_bound"] = float(np.sum(reachable) / len(refs))
+    if len(set(splits) - {None}) > 1:
+        hit = box_iou(np.stack(picks), np.stack(refs)) >= iou_threshold
+        for name in sorted(set(splits) - {None}):
+            chosen = np.asarray([s == name for s in splits])
+            metrics[f"accuracy_{name}"] = float(hit[chosen].mean())
+    return metrics
+
+
 def majority_baseline(task: str, ds: datasets.Dataset) -> float | None:
     """The accuracy of always giving the most common answer (VQA, NLVR2): the chance level to beat."""
     if task == "vqa":
@@ -181,14 +271,19 @@ def eval_dataloader(task, ds, processor, batch_size, *, num_labels=None, reduce_
 
 
 __all__ = [
+    "GROUNDING_PROTOCOLS",
     "PRIMARY_METRIC",
+    "add_grounding_args",
     "eval_dataloader",
     "evaluate_classification",
     "evaluate_retrieval",
+    "evaluate_weak_grounding",
+    "grounding_model_task",
     "itc_similarity",
     "majority_baseline",
     "recall",
     "retrieval_inputs",
+    "row_proposals",
     "segmentation_metrics",
     "task_class",
     "task_classes",
