@@ -118,7 +118,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_cache_dir_arg(g)
     add_training_args(parser)
     args = parser.parse_args(argv)
-    apply_presets(args, TRAINING_PRESETS[args.size])
+    # the method's own defaults at this size win over the shared ones (VL-BEiT's tokenizer trains with VL-BEiT's)
+    method = vl_models.get_method("vl_beit" if args.method == TOKENIZER_METHOD else args.method)
+    apply_presets(args, {**TRAINING_PRESETS[args.size], **method.training_presets.get(args.size, {})})
     args.output_dir = Path(args.output_dir or default_output_dir("pretrain", args.method, args.size))
     return args
 

@@ -265,3 +265,14 @@ def test_vilta_second_stage_distils_from_the_first_stage_student(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         pretrain.run_cli(pretrain.main, [*PRETRAIN, "--reset_teacher", "--output_dir", str(tmp_path / "x")])
     assert exit_info.value.code == 2 and "--reset_teacher is for vilta" in capsys.readouterr().err
+
+
+def test_a_methods_training_presets_win_over_the_shared_ones_and_flags_win_over_both():
+    """VL-BEiT trains from scratch at 1e-3 at the CPU sizes (its MIM stayed at the unigram at the shared 3e-4:
+    docs/methods/vl_beit.md), its visual tokenizer too; other methods keep the shared preset; a flag wins."""
+    pretrain = script("pretrain")
+    lr = {method: pretrain.parse_args(["--method", method, "--size", "tiny", "--output_dir", "x"]).learning_rate
+          for method in ("vl_beit", "vl_beit_tokenizer", "albef")}
+    assert lr == {"vl_beit": 1e-3, "vl_beit_tokenizer": 1e-3, "albef": 3e-4}
+    args = pretrain.parse_args(["--method", "vl_beit", "--size", "small", "--learning_rate", "2e-4", "--output_dir", "x"])
+    assert args.learning_rate == 2e-4 and args.per_device_train_batch_size == 32

@@ -63,6 +63,32 @@ def test_relative_position_index_matches_beit_formula():
     torch.testing.assert_close(bias[1, 0, 4:, 4:], table[index, 1, 0])
 
 
+def test_locality_prior_starts_the_bias_at_minus_slope_times_distance_and_loaded_tables_win(tmp_path):
+    """The tiny/small presets start the relative position bias as a distance prior (head h of a layer: slope
+    2 * 2^-h); the CLS entries keep their init; from_pretrained keeps the saved table instead of the prior."""
+    config = vl_models.get_config("vl_beit", "tiny")
+    assert config.relative_position_init == "locality"
+    assert vl_models.get_config("vl_beit", "base").relative_position_init == "normal"
+    model = VlBeitForPreTraining(config)
+    bias = model.vl_beit.relative_position
+    heads, grid = bias.num_heads, bias.grid
+    scores = bias()  # [layers, H, 1 + N, 1 + N]
+    for h in range(heads):
+        slope = 2.0 * 2.0 ** -h
+        for i, j in ((0, 1), (0, grid[1]), (0, grid[1] + 1), (5, 5), (3, 12)):
+            (yi, xi), (yj, xj) = divmod(i, grid[1]), divmod(j, grid[1])
+            distance = ((yi - yj) ** 2 + (xi - xj) ** 2) ** 0.5
+            assert torch.allclose(scores[:, h, 1 + i, 1 + j], torch.tensor(-slope * distance), atol=1e-6)
+    assert scores[0, :, 0, 1:].std(-1).max() == 0 and scores[0, :, 0, 0].abs().max() < 1  # CLS: one learned value
+    with torch.no_grad():
+        bias.table.add_(1.5)
+    model.save_pretrained(tmp_path)
+    loaded = VlBeitForPreTraining.from_pretrained(tmp_path)
+    assert torch.equal(loaded.vl_beit.relative_position.table, bias.table)
+    with pytest.raises(ConfigError, match="relative_position_init"):
+        vl_models.get_config("vl_beit", "tiny", relative_position_init="alibi")
+
+
 def test_relative_position_bias_resamples_to_another_grid():
     """Fine-tuning at a higher resolution: offsets scale with the grid, so the zero offset, the largest offsets
     (the corners) and the CLS entries keep their learned values; the model runs on the larger grid."""

@@ -29,6 +29,8 @@ class Method:
     processor_class: type
     task_classes: dict[str, type] = field(default_factory=dict)  # "retrieval" | "vqa" | "grounding" | "nlvr2"
     presets: dict[str, dict] = field(default_factory=dict)  # size -> overrides of the shared tower preset
+    # size -> overrides of the scripts' training flags at that size (`training.TRAINING_PRESETS`)
+    training_presets: dict[str, dict] = field(default_factory=dict)
     objectives: tuple[str, ...] = ()  # the `loss_<name>` fields its pre-training output always carries
     paper: str = ""
     # models trained on their own for the method (VL-BEiT's visual tokenizer): own model_type, loaded with

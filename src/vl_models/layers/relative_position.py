@@ -49,6 +49,23 @@ class RelativePositionBias(nn.Module):
         rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
         self.table = nn.Parameter(torch.zeros(rows, num_layers * num_heads))
 
+    @torch.no_grad()
+    def locality_table(self, top_slope: float = 2.0) -> torch.Tensor:
+        """A distance prior for the table (a model's `_init_weights` copies it in; loaded weights win): every patch
+        offset gets -slope * |offset| (Euclidean, in patches), head h of each layer the slope top_slope * 2^-h
+        (ALiBi's geometric slopes, in 2-D, like ConViT's locality-initialised attention), so each layer starts
+        with heads that look at a patch's neighbours and heads that look wide; the three CLS entries keep the
+        table's values. Why: a masked patch is predicted from its neighbours, and a table that starts near 0 moves
+        by ~lr per AdamW update, so attention to the neighbours takes hundreds of updates to form
+        (docs/methods/vl_beit.md, "Does it learn?")."""
+        height, width = self.grid
+        dy = torch.arange(1 - height, height, dtype=torch.float32)[:, None]
+        dx = torch.arange(1 - width, width, dtype=torch.float32)[None, :]
+        distance = (dy.square() + dx.square()).sqrt().flatten()  # row (dy + h - 1) * (2w - 1) + (dx + w - 1)
+        slopes = (top_slope * 2.0 ** -torch.arange(self.num_heads, dtype=torch.float32)).repeat(self.num_layers)
+        prior = (-distance[:, None] * slopes[None, :]).to(self.table)
+        return torch.cat([prior, self.table[-3:]])
+
     def table_for(self, grid: tuple[int, int]) -> torch.Tensor:
         """The bias table over another patch grid: [(2h' - 1)(2w' - 1) + 3, layers * heads]."""
         grid = tuple(grid)

@@ -13,6 +13,7 @@ from ...utils import check_range
 
 RECONSTRUCTION_TARGETS = ("pixels", "features")
 TOKENIZER_ENCODERS = ("vit", "patch")
+RELATIVE_POSITION_INITS = ("normal", "locality")
 
 
 @strict
@@ -97,6 +98,8 @@ class VlBeitConfig(VlPreTrainedConfig):
       text-only (image-only) data, so any batch trains every objective and every expert (DDP needs that).
     - `embed_dim` / `temperature`: the ITC projections and temperature of dual-encoder retrieval fine-tuning
       (unused in pre-training, where the projections are frozen).
+    - `relative_position_init` "locality" (the tiny / small presets): the bias table starts as a distance prior
+      instead of ~0, so MIM finds a masked patch's neighbours within a short run (docs/methods/vl_beit.md).
     - The relative position bias covers image tokens only (text tokens get none; they have absolute positions),
       and the patches also keep absolute position embeddings.
     """
@@ -112,6 +115,9 @@ class VlBeitConfig(VlPreTrainedConfig):
     num_vl_layers: int = 2  # top layers whose pair tokens go through the vision-language expert
     layer_scale_init_value: float | int | None = 0.1
     use_relative_position_bias: bool = True
+    # "normal": the table starts trunc-normal at initializer_range (BEiT, VLMo); "locality": a distance prior, near
+    # patches favoured (`RelativePositionBias.init_locality`; the tiny and small presets, which train from scratch)
+    relative_position_init: str = "normal"
     mlm_probability: float | int = 0.15
     mvlm_probability: float | int = 0.5
     mim_mask_ratio: float | int = 0.4
@@ -168,6 +174,9 @@ class VlBeitConfig(VlPreTrainedConfig):
             raise ValueError(f"`embed_dim` must be >= 1, got {self.embed_dim}")
         if self.layer_scale_init_value is not None and self.layer_scale_init_value <= 0:
             raise ValueError(f"`layer_scale_init_value` must be > 0 or None, got {self.layer_scale_init_value}")
+        if self.relative_position_init not in RELATIVE_POSITION_INITS:
+            raise ValueError(f"`relative_position_init` must be one of {list(RELATIVE_POSITION_INITS)}, "
+                             f"got {self.relative_position_init!r}")
         for name in ("mlm_weight", "mim_weight", "mvlm_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)}")

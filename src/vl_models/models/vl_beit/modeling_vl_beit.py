@@ -32,6 +32,8 @@ class VlBeitPreTrainedModel(VlPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, RelativePositionBias):
             init.trunc_normal_(module.table, std=self.config.initializer_range)
+            if self.config.relative_position_init == "locality":
+                init.copy_(module.table, module.locality_table())
 
 
 class VlBeitModel(BackboneMixin, VlBeitPreTrainedModel):
