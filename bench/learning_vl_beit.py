@@ -96,6 +96,43 @@ def tokenizer_report(model, val: list[dict]) -> dict:
             "stable_under_noise": float((noisy == codes).float().mean())}
 
 
+def _neighbour_keys(codes: torch.Tensor, mask: torch.Tensor, num_codes: int) -> torch.Tensor:
+    """[B, N, 8]: the codes of each patch's 8 neighbours as a masked-patch predictor may see them: a masked
+    neighbour reads `num_codes`, a neighbour outside the grid `num_codes + 1`."""
+    side = int(codes.shape[1] ** 0.5)
+    grid = codes.masked_fill(mask, num_codes).view(-1, side, side)
+    padded = torch.nn.functional.pad(grid, (1, 1, 1, 1), value=num_codes + 1)
+    shifts = [(dy, dx) for dy in (0, 1, 2) for dx in (0, 1, 2) if (dy, dx) != (1, 1)]
+    return torch.stack([padded[:, dy:dy + side, dx:dx + side] for dy, dx in shifts], -1).flatten(1, 2)
+
+
+@torch.no_grad()
+def context_table(model, train: list[dict], val: list[dict]) -> dict:
+    """What the targets allow: a lookup table from the codes of a masked patch's visible 8 neighbours to the code
+    most often seen with them at the masked training patches (unseen contexts: the unigram code). No model; the
+    same masking as the model's. A MIM accuracy far above the unigram needs this table above it too."""
+    num_codes = model.mim_head.proj.out_features
+    counts, unigram = {}, torch.zeros(num_codes)
+    for batch in train:
+        codes, mask = model.mim_targets(batch["pixel_values"]), batch["bool_masked_pos"]
+        keys, targets = _neighbour_keys(codes, mask, num_codes)[mask].tolist(), codes[mask]
+        unigram += torch.bincount(targets, minlength=num_codes)
+        for key, target in zip(keys, targets.tolist()):
+            counts.setdefault(tuple(key), torch.zeros(num_codes))[target] += 1
+    best = {key: int(c.argmax()) for key, c in counts.items()}
+    code = int(unigram.argmax())
+    hits, objects = [], []
+    for batch in val:
+        codes, mask = model.mim_targets(batch["pixel_values"]), batch["bool_masked_pos"]
+        keys, targets = _neighbour_keys(codes, mask, num_codes)[mask].tolist(), codes[mask]
+        guess = torch.tensor([best.get(tuple(key), code) for key in keys])
+        hits.append(guess == targets)
+        objects.append(object_patches(batch["pixel_values"], model.config.vision_config.patch_size)[mask])
+    hits, objects = torch.cat(hits), torch.cat(objects)
+    return {"context_table_mim": float(hits.float().mean()),
+            "context_table_mim_object_patches": float(hits[objects].float().mean())}
+
+
 @torch.no_grad()
 def accuracies(model, train_batches: list[dict], val: list[dict]) -> dict:
     """Held-out accuracies of the four masked predictions and the unigram baselines of the same labels."""
@@ -138,18 +175,25 @@ def accuracies(model, train_batches: list[dict], val: list[dict]) -> dict:
 def run(size: str = "tiny", *, tokenizer_steps: int = 100, steps: int = 400, batch_size: int = 32,
         learning_rate: float | None = None, warmup: int | None = None, num_train: int = 1600, num_val: int = 200,
         seed: int = 0, config_overrides: dict | None = None, tokenizer_overrides: dict | None = None,
-        verbose: bool = False) -> dict:
-    """Tokenizer (skipped at 0 steps: the model's random one gives the targets), then VL-BEiT, then the report."""
-    preset = TRAINING_PRESETS[size]
+        image_size: int | None = None, verbose: bool = False) -> dict:
+    """Tokenizer (skipped at 0 steps: the model's random one gives the targets), then VL-BEiT, then the report.
+    `image_size`: another resolution than the preset's, for the model and its tokenizer (the patch size stays)."""
+    spec = vl_models.get_method("vl_beit")
+    preset = {**TRAINING_PRESETS[size], **spec.training_presets.get(size, {})}  # what pretrain.py uses
     learning_rate = preset["learning_rate"] if learning_rate is None else learning_rate
     warmup = TRAINING_PRESETS["small"]["num_warmup_steps"] if warmup is None else warmup
     data = shapes(num_train, num_val)
-    spec = vl_models.get_method("vl_beit")
+    config_overrides, tokenizer_overrides = dict(config_overrides or {}), dict(tokenizer_overrides or {})
+    if image_size is not None:
+        config_overrides["vision_config"] = {**config_overrides.get("vision_config", {}), "image_size": image_size}
+        tokenizer_overrides["vision_config"] = {**tokenizer_overrides.get("vision_config", {}),
+                                                "image_size": image_size}
     torch.manual_seed(seed)
-    model = spec.pretraining_class(vl_models.get_config("vl_beit", size, **(config_overrides or {})))
+    model = spec.pretraining_class(vl_models.get_config("vl_beit", size, **config_overrides))
     processor = build_processor(spec.processor_class, image_size=model.config.vision_config.image_size,
                                 max_length=MAX_LENGTH)
-    start, report = time.perf_counter(), {"size": size, "learning_rate": learning_rate}
+    start = time.perf_counter()
+    report = {"size": size, "image_size": model.config.vision_config.image_size, "learning_rate": learning_rate}
 
     def log(name):
         def show(step, out):
@@ -161,7 +205,7 @@ def run(size: str = "tiny", *, tokenizer_steps: int = 100, steps: int = 400, bat
         return show
 
     if tokenizer_steps:
-        tokenizer = VlBeitVisualTokenizer(tokenizer_config(size, **(tokenizer_overrides or {})))
+        tokenizer = VlBeitVisualTokenizer(tokenizer_config(size, **tokenizer_overrides))
         collator = PreTrainingCollator(processor, tokenizer.config, type(tokenizer), seed=seed, max_length=MAX_LENGTH)
         train(tokenizer, data["train"], collator, steps=tokenizer_steps, batch_size=batch_size,
               learning_rate=learning_rate, warmup=warmup, seed=seed, log=log("tokenizer"))
@@ -171,6 +215,7 @@ def run(size: str = "tiny", *, tokenizer_steps: int = 100, steps: int = 400, bat
                   data["validation"], 50)
     train_batches = batches(collator, data["train"].select(range(min(320, num_train))), 64)
     report["targets"] = tokenizer_report(model, val)
+    report["targets"].update(context_table(model, batches(collator, data["train"], 64), val))
     report["before"] = accuracies(model, train_batches, val) if steps else None
     if steps:  # 0: the targets alone
         train(model, data["train"], collator, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
@@ -186,8 +231,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--tokenizer_steps", type=int, default=100, help="0: no trained tokenizer (random targets)")
     parser.add_argument("--steps", type=int, default=400, help="VL-BEiT updates (0: report the MIM targets only)")
     parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--learning_rate", type=float, default=None, help="default: the size preset's (3e-4)")
+    parser.add_argument("--learning_rate", type=float, default=None, help="default: the size preset's (1e-3)")
     parser.add_argument("--warmup", type=int, default=None, help="default: 50 updates (the small preset's)")
+    parser.add_argument("--image_size", type=int, default=None, help="default: the preset's (tiny 32, small 64)")
     parser.add_argument("--num_train", type=int, default=1600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config_overrides", default="{}", help="JSON, e.g. '{\"mim_mask_ratio\": 0.2}'")
@@ -198,7 +244,8 @@ def main(argv=None) -> dict:
     report = run(args.size, tokenizer_steps=args.tokenizer_steps, steps=args.steps, batch_size=args.batch_size,
                  learning_rate=args.learning_rate, warmup=args.warmup, num_train=args.num_train, seed=args.seed,
                  config_overrides=json.loads(args.config_overrides),
-                 tokenizer_overrides=json.loads(args.tokenizer_overrides), verbose=args.verbose)
+                 tokenizer_overrides=json.loads(args.tokenizer_overrides), image_size=args.image_size,
+                 verbose=args.verbose)
     print(json.dumps(report, indent=1))
     return report
 
