@@ -207,6 +207,17 @@ def test_write_atomic_and_results_merge(tmp_path):
     assert json.loads(results.read_text()) == merged and [r["metrics"]["a"] for r in merged] == [2, 3]
 
 
+def test_results_merge_keeps_one_record_per_grounding_protocol(tmp_path):
+    results = tmp_path / "eval_results.json"
+    grounding = {"task": "grounding", "dataset": "shapes", "split": "test"}
+    write_results(results, [{**grounding, "metrics": {"accuracy": 0.5}}])  # written before records had a protocol
+    write_results(results, [{**grounding, "protocol": "supervised", "metrics": {"accuracy": 0.73}}])
+    merged = write_results(results, [{**grounding, "protocol": "weak", "metrics": {"accuracy": 0.70}}])
+    assert [(r["protocol"], r["metrics"]["accuracy"]) for r in merged] == [("supervised", 0.73), ("weak", 0.70)]
+    merged = write_results(results, [{**grounding, "protocol": "weak", "metrics": {"accuracy": 0.59}}])
+    assert [(r["protocol"], r["metrics"]["accuracy"]) for r in merged] == [("supervised", 0.73), ("weak", 0.59)]
+
+
 def test_jsonl_tracker_and_loss_meter(tmp_path):
     accelerator = Accelerator(cpu=True, log_with=[JsonlTracker(tmp_path / "logs")])
     accelerator.init_trackers("test", config={"lr": 0.1, "path": tmp_path})

@@ -435,7 +435,12 @@ def save_final(accelerator, model, processor, output_dir: Path) -> None:
 
 
 def _result_key(record: dict) -> tuple:
-    return record.get("task"), record.get("dataset"), record.get("split"), bool(record.get("zero_shot"))
+    """What makes two results records the same evaluation: task, dataset, split, `zero_shot` and, for grounding,
+    the `protocol` (supervised and weak results of one model are two records). A grounding record written before
+    records said their protocol is a supervised one, the only protocol then."""
+    default = "supervised" if record.get("task") == "grounding" else None
+    return (record.get("task"), record.get("dataset"), record.get("split"), bool(record.get("zero_shot")),
+            record.get("protocol", default))
 
 
 def write_results(path: Path, records: list[dict]) -> list[dict]:
