@@ -65,7 +65,12 @@ from vl_models.training import (
     write_results,
 )
 from vl_models.training.data import expressions_as_captions
-from vl_models.training.evaluation import add_grounding_args, evaluate_weak_grounding, grounding_model_task
+from vl_models.training.evaluation import (
+    add_grounding_args,
+    evaluate_weak_grounding,
+    grounding_model_task,
+    row_proposals,
+)
 
 logger = logging.getLogger("finetune")
 # the head starts from scratch on top of pre-trained weights: at one learning rate for both, either the head crawls
@@ -126,6 +131,8 @@ def main(argv=None) -> dict:
     model_class = checkpoint_class(args)
     data, info = load_task_data(args.task, args.data, splits=("train", "validation"), seed=args.seed,
                                 **data_kwargs(args))
+    if args.weak_grounding and len(data["validation"]):
+        row_proposals(data["validation"][0])  # RefCOCO without --proposals: refused now, not after training
     train_data = expressions_as_captions(data["train"]) if args.weak_grounding else data["train"]
     with user_errors(f"--model_name_or_path {args.model_name_or_path}", OSError):
         model, processor = load_model(args, model_class, info.get("answers", info.get("labels")))

@@ -155,7 +155,7 @@ def test_weak_finetune_then_evaluate_on_shapes(pretrained, tmp_path, capsys):
     assert exit_info.value.code == 2 and "--grounding_protocol weak" in capsys.readouterr().err
 
 
-def test_weak_evaluation_reads_refcoco_with_detections(pretrained, tmp_path):
+def test_weak_evaluation_reads_refcoco_with_detections(pretrained, tmp_path, capsys):
     refs_file, instances, image_dir, _ = refcoco_dataset(tmp_path)
     # the cat picture's (image 2, testA) detections: the referred top half and the bottom half
     dets = write_json(tmp_path / "dets.json", {"1": [[10, 20, 30, 40]], "2": [[0, 0, 96, 32], [0, 32, 96, 32]]})
@@ -173,3 +173,12 @@ def test_weak_evaluation_reads_refcoco_with_detections(pretrained, tmp_path):
         module.run_cli(module.main, ["--model_name_or_path", str(pretrained), *WEAK, *data[:6], "--split", "test",
                                      "--output_file", str(tmp_path / "results.json")])
     assert exit_info.value.code == 2
+    # and weak fine-tuning refuses it before any update, not when it evaluates at the end (the cat ref as val)
+    _, _, _, refs = refcoco_dataset(tmp_path)
+    write_json(refs_file, [refs[0], {**refs[1], "split": "val"}])
+    module = script("finetune")
+    with pytest.raises(SystemExit) as exit_info:
+        module.run_cli(module.main, ["--model_name_or_path", str(pretrained), *WEAK, *data[:6], "--output_dir",
+                                     str(tmp_path / "weak"), "--max_train_steps", "1"])
+    assert exit_info.value.code == 2 and "--proposals" in capsys.readouterr().err
+    assert not (tmp_path / "weak" / "checkpoints").exists()

@@ -445,8 +445,8 @@ def _result_key(record: dict) -> tuple:
 
 def write_results(path: Path, records: list[dict]) -> list[dict]:
     """Merge `records` (`{"task", "dataset", "split", "metrics": {...}}`, the format the Hub model-card code
-    reads) into the JSON list at `path`: a record replaces the one with the same task, dataset, split and
-    `zero_shot`, others are kept. Written atomically; returns the whole list."""
+    reads) into the JSON list at `path`: a record replaces the one with the same task, dataset, split,
+    `zero_shot` and grounding `protocol`, others are kept. Written atomically; returns the whole list."""
     path = Path(path)
     old = json.loads(path.read_text()) if path.is_file() else []
     keys = {_result_key(r) for r in records}
