@@ -22,7 +22,10 @@ _FROM_SCRATCH = {**FROM_SCRATCH_INIT, "relative_position_init": "locality"}
 _PRESETS = {
     "tiny": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 32, "code_dim": 8, "decoder_layers": 1},
              **_FROM_SCRATCH},
-    "small": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 1024, "code_dim": 16, "decoder_layers": 1},
+    # small: the patch-local tokenizer (a frozen random encoder + online k-means): the trained ViT one collapsed to
+    # 6 of 1024 codes with 90% of object patches on the background's (docs/methods/vl_beit.md, "Does it learn?")
+    "small": {"num_vl_layers": 1, "tokenizer_config": {"num_codes": 1024, "code_dim": 16, "decoder_layers": 1,
+                                                       "encoder": "patch", "freeze_encoder": True},
               **_FROM_SCRATCH},
     "base": {"num_vl_layers": 2},
     "large": {"num_vl_layers": 3, "layer_scale_init_value": 1e-5},

@@ -33,8 +33,8 @@ class VlBeitTokenizerConfig(VlPreTrainedConfig):
     depends on its own pixels only (the same content gets the same code wherever it is). It reads only
     `image_size`, `patch_size`, `num_channels` and `hidden_size` of `vision_config`; with it the codebook's k-means
     init counts each distinct patch once. The decoder is the same either way. On Shapes it keeps the object patches
-    off the background's code with stable codes, but MIM's accuracy still does not beat the unigram baseline
-    (docs/methods/vl_beit.md, "Does it learn?"), so no preset uses it.
+    off the background's code with stable codes; the small preset uses it, frozen (docs/methods/vl_beit.md, "Does
+    it learn?").
     """
 
     model_type = "vl_beit_tokenizer"
@@ -55,8 +55,8 @@ class VlBeitTokenizerConfig(VlPreTrainedConfig):
     norm_pix_loss: bool = True  # reconstruct each patch normalised by its own mean and std (MAE); False: raw pixels
     encoder: str = "vit"  # "vit" or "patch" (patch-local, see above)
     # True: the encoder keeps its random initialisation and only the codebook learns, an online k-means of random
-    # patch features (a random-projection quantizer, BEST-RQ, Chiu et al. 2022). An option (no preset): on Shapes a
-    # trained ViT encoder collapses the object patches onto the background's code (docs/methods/vl_beit.md)
+    # patch features (a random-projection quantizer, BEST-RQ, Chiu et al. 2022). The small preset's, with "patch": on
+    # Shapes a trained ViT encoder collapses the object patches onto the background's code (docs/methods/vl_beit.md)
     freeze_encoder: bool = False
     initializer_range: float | int = 0.02
 
