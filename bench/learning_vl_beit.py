@@ -1,16 +1,17 @@
 """Does VL-BEiT learn? Train its visual tokenizer, then VL-BEiT, on Shapes with the library's training pieces and
 measure masked-prediction accuracy on held-out captions and images against the unigram baseline.
 
-    python bench/learning_vl_beit.py --size tiny --tokenizer_steps 100 --steps 400
-    python bench/learning_vl_beit.py --size small --tokenizer_steps 100 --steps 300
-    python bench/learning_vl_beit.py --size tiny --tokenizer_overrides '{"encoder": "patch", "freeze_encoder": true}'
+    python bench/learning_vl_beit.py --size tiny --image_size 64 --steps 600   # the learning test's run
+    python bench/learning_vl_beit.py --size small --steps 600
+    python bench/learning_vl_beit.py --size tiny --image_size 64 --config_overrides '{"relative_position_init": "normal"}'
 
 The unigram baseline always predicts the most frequent target of the training labels (a token for MLM / MVLM, a
 visual code for MIM) and is scored on the held-out labels. MIM is also scored on "object" patches alone (patches
 with any non-background pixel), where the baseline is the share of object patches whose code is the background's,
 and by its held-out cross-entropy against the unigram distribution's (`mim_nll`, `unigram_mim_nll`): a model can
-learn more than the unigram while the background's code stays the most likely at every masked patch.
-tests/test_learning_vl_beit.py runs `run` at size tiny. Docs: docs/methods/vl_beit.md, "Does it learn?".
+learn more than the unigram while the background's code stays the most likely at every masked patch. The context
+table (`context_table`) says what the targets allow without a model. tests/test_learning_vl_beit.py runs `run` at
+size tiny, 64 px. Docs: docs/methods/vl_beit.md, "Does it learn?".
 """
 
 from __future__ import annotations
