@@ -59,7 +59,7 @@ def test_weights_of_another_method_under_a_rewritten_model_type_stop_the_load(al
     finetune = script("finetune")
     args = finetune.parse_args(["--task", "vqa", "--model_name_or_path", str(folder)])
     with pytest.raises(ValueError, match=r"missing tensors \(vlmae\."):
-        finetune.load_model(args, ["yes", "no"])
+        finetune.load_model(args, finetune.checkpoint_class(args), ["yes", "no"])
     # evaluate.py from the command line's entry: one line, exit status 2, no metrics
     evaluate = script("evaluate")
     with pytest.raises(SystemExit) as exit_info:
